@@ -1,0 +1,86 @@
+"""The retraining flow: each DVC stage as a Prefect task (DVC decides what is up to date), then MLflow
+tracking, gated registration and a pushed DVC remote.
+
+Thin by design: stages live in `kd.stages`, MLflow in `kd.registry`, gates in `kd.gates`; this file
+only orders them, retries transient failures, and reports (logs, a markdown artifact, a summary table).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+for _var, _val in {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                   "GX_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}.items():
+    os.environ.setdefault(_var, _val)
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+
+from kd.config import load_params  # noqa: E402
+from kd.stages import STAGES  # noqa: E402
+
+
+def _transient(_task, _run, state) -> bool:
+    """Retry only I/O-like failures (DVC's lock, a busy file system), never a stage that failed on its own."""
+    try:
+        state.result()
+    except Exception as err:  # noqa: BLE001
+        from dvc.exceptions import ReproductionError
+
+        return not isinstance(err, ReproductionError) and isinstance(err, (OSError, TimeoutError)) or "lock" in str(err).lower()
+    return False
+
+
+@task(retries=2, retry_delay_seconds=3, retry_condition_fn=_transient)
+def reproduce(root: str, stage: str, force: bool = False) -> dict:
+    """`dvc repro --single-item <stage>`: runs `kd stage <stage>` only if its deps, params or outs changed."""
+    from dvc.repo import Repo
+
+    log = get_run_logger()
+    t0 = time.perf_counter()
+    with contextlib.chdir(root), Repo(root) as repo:  # DVC resolves targets from the cwd
+        changed = force or bool(repo.status(targets=[stage]))
+        if changed:
+            log.info("stage %s changed: reproducing", stage)
+            repo.reproduce(stage, single_item=True, force=force)
+        else:
+            log.info("stage %s is up to date: skipped", stage)
+    return {"stage": stage, "ran": changed, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+@task(retries=2, retry_delay_seconds=3)
+def push(root: str) -> int:
+    """Upload data, teacher, cache and models to the DVC remote (a local directory by default)."""
+    from dvc.repo import Repo
+
+    with contextlib.chdir(root), Repo(root) as repo:
+        if not repo.config.get("core", {}).get("remote"):
+            return 0
+        return int(repo.push())
+
+
+@task
+def register(root: str, p, runs: list[dict]) -> dict:
+    """Track the run in MLflow, register the student and move @champion only if every gate passes."""
+    from kd.publish import publish
+
+    return publish(Path(root), p, runs)
+
+
+@flow(name="kd-retrain", log_prints=True)
+def retrain(root: str = ".", force: bool = False, push_remote: bool = True) -> dict:
+    """Validate -> teacher -> soft targets -> distil -> evaluate -> checks, then register and gate."""
+    root = str(Path(root).resolve())
+    p = load_params(Path(root) / "params.yaml")
+    runs = []
+    for name in STAGES:
+        runs.append(reproduce.with_options(name=name)(root, name, force))
+    result = register(root, p, runs)
+    if push_remote:
+        result["dvc_pushed"] = push(root)
+    create_markdown_artifact(key="kd-retrain-summary", markdown=result["markdown"], description="kd retrain: results and gate decisions")
+    print(result["markdown"])
+    return result

@@ -1,0 +1,1 @@
+"""kd: knowledge distillation pipeline."""

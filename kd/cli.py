@@ -1,0 +1,134 @@
+"""`kd`: the command line. It only parses, loads params, calls `kd`/`flows` code and prints.
+
+Heavy libraries (torch, mlflow, prefect, great_expectations, evidently) are imported inside commands,
+so `kd --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+# Nothing phones home (set before any of these libraries can be imported).
+for _var, _val in {
+    "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "EVIDENTLY_DISABLE_TELEMETRY": "1",
+}.items():
+    os.environ.setdefault(_var, _val)
+
+app = typer.Typer(help="kd: distil a large teacher into a small student, as a repeatable, gated pipeline.", no_args_is_help=True, add_completion=False)
+
+Root = Annotated[Path, typer.Option("--root", help="project root holding params.yaml and dvc.yaml")]
+Overrides = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a param, e.g. -s student.train.epochs=5")]
+
+
+def _fail(err: Exception) -> None:
+    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _params(root: Path, overrides: list[str] | None):
+    from kd.config import load_params
+
+    return load_params(root / "params.yaml", overrides)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from kd.config import ConfigError
+    from kd.soft_targets import CacheError
+    from kd.sources import DataError
+
+    return (ConfigError, DataError, CacheError, FileNotFoundError, ValueError)
+
+
+@app.command()
+def stage(
+    name: Annotated[str, typer.Argument(help="validate | train_teacher | soft_targets | distill | evaluate | checks")],
+    root: Root = Path("."),
+    overrides: Overrides = None,
+) -> None:
+    """Run one pipeline stage (what each dvc.yaml stage calls)."""
+    from kd.stages import STAGES, run
+
+    if name not in STAGES:
+        _fail(KeyError(f"unknown stage {name!r}; expected one of {', '.join(STAGES)}"))
+    try:
+        result = run(name, root.resolve(), _params(root, overrides))
+    except _user_errors() as err:
+        _fail(err)
+    typer.echo(json.dumps(result, indent=2))
+
+
+@app.command("run")
+def run_pipeline(
+    root: Root = Path("."),
+    overrides: Overrides = None,
+    force: Annotated[bool, typer.Option(help="re-run every stage even if DVC finds it up to date")] = False,
+) -> None:
+    """Run the whole retraining flow: DVC stages under Prefect, MLflow tracking, gated registration."""
+    try:
+        p = _params(root, overrides)
+    except _user_errors() as err:
+        _fail(err)
+    sys.path.insert(0, str(root.resolve()))
+    from flows.retrain import retrain
+
+    state = retrain(root=str(root.resolve()), overrides=overrides or [], force=force, return_state=True)
+    if state.is_failed():
+        typer.secho(f"error: the retrain flow failed: {state.message}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    del p
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="registered model version to make @champion")],
+    root: Root = Path("."),
+    reason: Annotated[str, typer.Option(help="why, recorded on the version")] = "manual promotion",
+) -> None:
+    """Give VERSION the alias 'champion' by hand (the former champion becomes 'previous')."""
+    from kd import registry
+
+    p = _params(root, None)
+    try:
+        moved = registry.Registry(p.registry, root.resolve()).promote(version, reason=reason, by="kd promote")
+    except registry.RegistryError as err:
+        _fail(err)
+    typer.echo(json.dumps(moved, indent=2))
+
+
+@app.command()
+def rollback(
+    root: Root = Path("."),
+    reason: Annotated[str, typer.Option(help="why, recorded on the version")] = "manual rollback",
+) -> None:
+    """Give 'champion' back to the 'previous' version."""
+    from kd import registry
+
+    p = _params(root, None)
+    try:
+        moved = registry.Registry(p.registry, root.resolve()).rollback(reason=reason)
+    except registry.RegistryError as err:
+        _fail(err)
+    typer.echo(json.dumps(moved, indent=2))
+
+
+@app.command()
+def status(root: Root = Path(".")) -> None:
+    """Show the registered versions, their aliases and gate decisions."""
+    from kd import registry
+
+    p = _params(root, None)
+    typer.echo(registry.Registry(p.registry, root.resolve()).describe())
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,152 @@
+"""Student distillation, and the honest baseline: the same architecture trained from scratch on hard labels.
+
+The student learns from cached soft targets (the default) or from the teacher run online (needed for
+feature losses). Multi-stage distillation (teacher -> assistants -> student, Mirzadeh et al. 2020) is a
+chain of the same step; self-distillation (born-again networks, Furlanello et al. 2018) is
+`student.same_as_teacher: true`. Both are configuration, not separate code paths.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from kd import augment, losses, models
+from kd.config import ModelSpec, Params
+from kd.data import Prepared
+from kd.hooks import FeatureTap
+from kd.soft_targets import SoftTargets, cache_key
+from kd.teacher import load_teacher
+from kd.training import BatchFn, cross_entropy_loss, fit, hard_label_batches
+
+
+class LogProbs(nn.Module):
+    """Wraps a trained student so it can teach the next stage (outputs log-probabilities)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x).log_softmax(1)
+
+
+def _epoch_views(seed: int, epoch: int, n: int, n_views: int) -> np.ndarray:
+    """Which cached view each sample shows this epoch (the same for cached and online runs)."""
+    if n_views == 1:
+        return np.zeros(n, np.int64)
+    return np.random.default_rng([seed, epoch, 1]).integers(0, n_views, n)
+
+
+def cached_batches(x: np.ndarray, y: np.ndarray, targets: SoftTargets, noise_std: float, seed: int) -> BatchFn:
+    plain = targets.views == 1
+
+    def batch(idx: np.ndarray, epoch: int) -> dict:
+        view = _epoch_views(seed, epoch, len(x), targets.views)[idx]
+        xb = x[idx] if plain else augment.apply(x, idx, view, targets.view_params, noise_std)
+        return {"x": torch.from_numpy(xb), "y": torch.from_numpy(y[idx]), "t": torch.from_numpy(targets.logp(idx, view))}
+
+    return batch
+
+
+def online_batches(x: np.ndarray, y: np.ndarray, teacher: nn.Module, tap: FeatureTap | None, layer: str,
+                   view_params: dict, n_views: int, noise_std: float, seed: int) -> BatchFn:
+    plain = n_views == 1
+
+    def batch(idx: np.ndarray, epoch: int) -> dict:
+        view = _epoch_views(seed, epoch, len(x), n_views)[idx]
+        xb = torch.from_numpy(x[idx] if plain else augment.apply(x, idx, view, view_params, noise_std))
+        with torch.no_grad():
+            t = teacher(xb)
+        out = {"x": xb, "y": torch.from_numpy(y[idx]), "t": t}
+        if tap is not None:
+            out["t_feat"] = tap.features[layer].detach()
+        return out
+
+    return batch
+
+
+def distill_one(prep: Prepared, spec: ModelSpec, teacher: nn.Module, targets: SoftTargets | None, p: Params,
+                seed: int, ckpt: Path | None, feature_model: nn.Module | None = None) -> tuple[nn.Module, dict]:
+    """Distil one model of `spec` from `teacher` (online) or from `targets` (cached)."""
+    d = p.distill
+    x, y = prep.distill_inputs(), prep.distill_labels()
+    torch.manual_seed(seed)
+    student = models.build(spec, prep.input_shape, prep.n_classes)
+    feature_model = feature_model or teacher
+    s_layer, t_layer = d.hint_layer_student or "features", d.hint_layer_teacher or "features"
+    needs_features = any(name in losses.FEATURE_LOSSES for name in d.losses)
+    s_tap = t_tap = None
+    shapes = None
+    if needs_features:
+        s_tap, t_tap = FeatureTap(student, [s_layer]), FeatureTap(feature_model, [t_layer])
+        with torch.no_grad():
+            probe = torch.from_numpy(x[:2])
+            student.eval(), student(probe), teacher(probe)
+        shapes = tuple(s_tap.features[s_layer].shape[1:]), tuple(t_tap.features[t_layer].shape[1:])
+    loss = losses.build(d, shapes)
+    if targets is not None:
+        batches = cached_batches(x, y, targets, p.soft_targets.augment.noise_std, seed)
+    else:
+        vp = augment.view_params(len(x), p.soft_targets.views, p.soft_targets.augment, p.seed)
+        batches = online_batches(x, y, teacher, t_tap, t_layer, vp, p.soft_targets.views, p.soft_targets.augment.noise_std, seed)
+
+    def loss_fn(model: nn.Module, batch: dict):
+        ctx = {"student_logits": model(batch["x"]), "teacher_logp": batch["t"], "y": batch["y"]}
+        if s_tap is not None:
+            ctx["student_feat"], ctx["teacher_feat"] = s_tap.features[s_layer], batch["t_feat"]
+        return loss(ctx)
+
+    res = fit(student, len(x), batches, loss_fn, (prep.x["val"], prep.y["val"]), p.student.train, seed, ckpt,
+              extra_modules=[loss], desc="distill")
+    for tap in (s_tap, t_tap):
+        if tap is not None:
+            tap.remove()
+    return student, {"val_accuracy": res.best_val_accuracy, "best_epoch": res.best_epoch, "epochs": res.epochs_run,
+                     "history": res.history, "source": "cache" if targets is not None else "online"}
+
+
+def distill(prep: Prepared, teacher_dir: Path, cache_dir: Path, p: Params, out_dir: Path, ckpt_dir: Path | None = None) -> dict:
+    """Train the student (through any assistants) and the scratch baseline; write both to `out_dir`."""
+    teacher, tsum = load_teacher(teacher_dir)
+    needs_online = p.distill.teacher_source == "online" or any(n in losses.FEATURE_LOSSES for n in p.distill.losses)
+    targets = None
+    if not needs_online:
+        key = cache_key(tsum["teacher_hash"], prep.meta["data_hash"], p.soft_targets, p.seed)
+        targets = SoftTargets(cache_dir, expected_key=key)
+    chain = list(p.distill.assistants) + [p.student_spec()]
+    tag = f"{p.section_hash('student', 'distill', 'soft_targets', 'seed')}-{tsum['teacher_hash']}"
+    current, feature_model, stages = teacher, teacher.feature_model, []
+    for i, spec in enumerate(chain):
+        ckpt = None if ckpt_dir is None else ckpt_dir / f"distill-{i}-{tag}.pt"
+        student, info = distill_one(prep, spec, current, targets if i == 0 else None, p, p.seed + i, ckpt, feature_model)
+        stages.append({"arch": spec.arch, "width": spec.width, "depth": spec.depth, **info})
+        current, feature_model = LogProbs(student).eval(), student
+        if ckpt is not None:
+            ckpt.unlink(missing_ok=True)
+    spec = p.student_spec()
+    for sub in ("student", "scratch"):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    models.save(student, spec, prep.input_shape, prep.classes, out_dir / "student" / "model.pt")
+
+    torch.manual_seed(p.seed)
+    scratch = models.build(spec, prep.input_shape, prep.n_classes)
+    ckpt = None if ckpt_dir is None else ckpt_dir / f"scratch-{p.section_hash('student', 'seed')}.pt"
+    sres = fit(scratch, len(prep.y["train"]), hard_label_batches(prep.x["train"], prep.y["train"]), cross_entropy_loss,
+               (prep.x["val"], prep.y["val"]), p.student.train, p.seed, ckpt, desc="scratch")
+    models.save(scratch, spec, prep.input_shape, prep.classes, out_dir / "scratch" / "model.pt")
+    if ckpt is not None:
+        ckpt.unlink(missing_ok=True)
+    summary = {
+        "teacher_hash": tsum["teacher_hash"],
+        "stages": stages,
+        "student_val_accuracy": stages[-1]["val_accuracy"],
+        "scratch_val_accuracy": sres.best_val_accuracy,
+        "losses": p.distill.losses,
+    }
+    (out_dir / "distill.json").write_text(json.dumps(summary, indent=2))
+    return summary

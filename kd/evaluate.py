@@ -1,0 +1,135 @@
+"""Evaluation of teacher, student and the scratch baseline side by side, plus the student's ONNX and int8
+exports: quality (accuracy, macro-F1, NLL, ECE), agreement with the teacher, size and CPU latency."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+
+from kd import models
+from kd.calibration import ece, reliability_diagram, softmax
+from kd.config import EvaluateParams, Params
+from kd.data import Prepared
+from kd.export import OnnxModel, quantize_int8, to_onnx
+from kd.teacher import load_teacher
+
+Predict = Callable[[np.ndarray], np.ndarray]  # numpy batch -> logits (or log-probabilities)
+
+
+def classification(logits: np.ndarray, y: np.ndarray, bins: int) -> dict:
+    """Accuracy, macro-F1 (scikit-learn), NLL and ECE with `bins` bins (Guo et al. 2017)."""
+    probs = softmax(logits.astype(np.float64))
+    pred = probs.argmax(1)
+    return {
+        "accuracy": float((pred == y).mean()),
+        "macro_f1": float(f1_score(y, pred, average="macro")),
+        "nll": float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean()),
+        "ece": ece(probs, y, bins),
+    }
+
+
+def speed(fn: Predict, x: np.ndarray, e: EvaluateParams) -> dict:
+    """CPU latency p50/p95 at batch 1 (after warm-up) and throughput at batch `throughput_batch`."""
+    one = x[:1]
+    for _ in range(e.warmup_runs):
+        fn(one)
+    times = []
+    for i in range(e.latency_runs):
+        row = x[i % len(x) : i % len(x) + 1]
+        t0 = time.perf_counter()
+        fn(row)
+        times.append((time.perf_counter() - t0) * 1e3)
+    big = np.resize(x, (e.throughput_batch, x.shape[1])).astype(np.float32)
+    fn(big)
+    reps, t0 = 0, time.perf_counter()
+    while reps < 5 or time.perf_counter() - t0 < 0.3:
+        fn(big)
+        reps += 1
+    return {
+        "latency_ms_p50": float(np.percentile(times, 50)),
+        "latency_ms_p95": float(np.percentile(times, 95)),
+        "throughput_per_s": float(reps * e.throughput_batch / (time.perf_counter() - t0)),
+    }
+
+
+def torch_predict(model: torch.nn.Module) -> Predict:
+    model.eval()
+
+    def fn(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+
+    return fn
+
+
+def batched(fn: Predict, x: np.ndarray, size: int = 1024) -> np.ndarray:
+    return np.concatenate([fn(x[i : i + size]) for i in range(0, len(x), size)])
+
+
+def evaluate(prep: Prepared, teacher_dir: Path, models_dir: Path, p: Params, reports: Path, export_dir: Path) -> dict:
+    """Write `reports/metrics.json`, the reliability diagram, the confusion matrix and test predictions."""
+    e, x, y = p.evaluate, prep.x["test"], prep.y["test"]
+    teacher, _ = load_teacher(teacher_dir)
+    student, _ = models.load(models_dir / "student" / "model.pt")
+    scratch, _ = models.load(models_dir / "scratch" / "model.pt")
+    candidates: dict[str, tuple[Predict, int, int]] = {
+        "teacher": (torch_predict(teacher), models.param_count(teacher), models.serialized_bytes(teacher)),
+        "student": (torch_predict(student), models.param_count(student), models.serialized_bytes(student)),
+        "scratch": (torch_predict(scratch), models.param_count(scratch), models.serialized_bytes(scratch)),
+    }
+    if e.onnx:
+        onnx_path = to_onnx(student, x.shape[1], export_dir / "student.onnx")
+        int8_path = quantize_int8(onnx_path, export_dir / "student_int8.onnx")
+        for name, path in (("student_onnx", onnx_path), ("student_onnx_int8", int8_path)):
+            m = OnnxModel(path)
+            candidates[name] = (m, models.param_count(student), m.size_bytes)
+    logits = {name: batched(fn, x) for name, (fn, _, _) in candidates.items()}
+    teacher_pred = logits["teacher"].argmax(1)
+    metrics: dict[str, dict] = {}
+    for name, (fn, n_params, n_bytes) in candidates.items():
+        m = classification(logits[name], y, e.ece_bins)
+        m["agreement_with_teacher"] = float((logits[name].argmax(1) == teacher_pred).mean())
+        m |= {"params": n_params, "size_bytes": n_bytes} | speed(fn, x, e)
+        metrics[name] = m
+    s, t = metrics["student"], metrics["teacher"]
+    metrics["summary"] = {
+        "retention": s["accuracy"] / max(t["accuracy"], 1e-12),
+        "compression": t["size_bytes"] / max(s["size_bytes"], 1),
+        "speedup_p50": t["latency_ms_p50"] / max(s["latency_ms_p50"], 1e-9),
+        "student_minus_scratch": s["accuracy"] - metrics["scratch"]["accuracy"],
+        "n_test": int(len(y)),
+    }
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    reliability_diagram(
+        {n: (softmax(logits[n].astype(np.float64)), y) for n in ("teacher", "student", "scratch")},
+        reports / "reliability.png", e.ece_bins,
+    )
+    confusion_png(logits["student"].argmax(1), y, prep.classes, reports / "confusion.png")
+    np.savez(
+        reports / "predictions.npz",
+        teacher_test=softmax(logits["teacher"].astype(np.float64)), student_test=softmax(logits["student"].astype(np.float64)),
+        student_test_logits=logits["student"], student_val_logits=batched(torch_predict(student), prep.x["val"]),
+    )
+    return metrics
+
+
+def confusion_png(pred: np.ndarray, y: np.ndarray, classes: list[str], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ConfusionMatrixDisplay.from_predictions(y, pred, labels=list(range(len(classes))), display_labels=classes, ax=ax, colorbar=False)
+    ax.set_title("Student confusion matrix (test split)")
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -1,0 +1,50 @@
+"""Export a student to ONNX and to an int8 dynamically quantized ONNX (onnxruntime quantize_dynamic)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def to_onnx(model: nn.Module, n_features: int, path: Path) -> Path:
+    """TorchScript-based exporter (dynamo=False): its graph quantizes cleanly; the batch axis stays dynamic."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    torch.onnx.export(
+        model, (torch.zeros(2, n_features),), str(path), input_names=["x"], output_names=["logits"],
+        dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False, opset_version=17,
+    )
+    return path
+
+
+def quantize_int8(src: Path, dst: Path) -> Path:
+    """Weights to int8, activations quantized on the fly (onnxruntime dynamic quantization)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    return dst
+
+
+class OnnxModel:
+    """Runs an ONNX file with onnxruntime on the CPU; called like a model on numpy batches."""
+
+    def __init__(self, path: Path, threads: int = 0):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    @property
+    def size_bytes(self) -> int:
+        return os.path.getsize(self.path)

@@ -1,0 +1,166 @@
+"""Group fairness of teacher and student with fairlearn's MetricFrame, and the bias-amplification gate.
+
+Per-group metrics come from fairlearn (not Evidently: its GroupBy(Accuracy()) reports the overall
+accuracy for every group). Multiclass tasks are assessed one-vs-rest per class and summarised by the
+worst class. A rate that is undefined in a group (TPR without positives, FPR without negatives) is
+left out of that class's difference instead of counting as 0, which fairlearn's rates would do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kd.config import FairnessParams
+from kd.gates import Gate, at_most, skipped
+
+
+def _labels(pred: np.ndarray) -> np.ndarray:
+    """Class indices from labels (N,) or probabilities/logits (N, C)."""
+    pred = np.asarray(pred)
+    return pred.argmax(1) if pred.ndim == 2 else pred.astype(np.int64)
+
+
+def _rng(values: dict[str, float]) -> float:
+    v = [x for x in values.values() if not np.isnan(x)]
+    return float(max(v) - min(v)) if len(v) >= 2 else 0.0
+
+
+def _f(x: float) -> float | None:
+    return None if x is None or np.isnan(x) else float(x)
+
+
+def group_report(y_true, y_pred, groups: np.ndarray, classes: list[str]) -> dict:
+    """Per-group accuracy, selection rate, TPR, FPR and the DP / EO differences (fairlearn MetricFrame).
+
+    demographic_parity_difference: max-min selection rate over groups; equalized_odds_difference:
+    max of the TPR and FPR ranges over groups (Hardt et al. 2016; fairlearn 'between_groups',
+    'worst_case'). Binary: positive class = classes[1]. Multiclass: one-vs-rest per class, the headline
+    value is the max over classes (its class in "worst_class"), per-class values under "per_class".
+    """
+    from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, true_positive_rate
+    from sklearn.metrics import accuracy_score
+
+    y_true, y_pred = _labels(y_true), _labels(y_pred)
+    groups = np.asarray(groups).astype(str)
+    if not (len(y_true) == len(y_pred) == len(groups)):
+        raise ValueError(f"fairness: y_true {len(y_true)}, y_pred {len(y_pred)} and groups {len(groups)} differ in length")
+    acc = MetricFrame(
+        metrics={"accuracy": accuracy_score, "n": lambda t, p: len(t)}, y_true=y_true, y_pred=y_pred, sensitive_features=groups
+    )
+    by_group = {str(g): {"n": int(r["n"]), "accuracy": float(r["accuracy"])} for g, r in acc.by_group.iterrows()}
+    binary = len(classes) == 2
+    positives = [1] if binary else list(range(len(classes)))
+    per_class: dict[str, dict] = {}
+    for c in positives:
+        t, p = (y_true == c).astype(int), (y_pred == c).astype(int)
+        mf = MetricFrame(
+            metrics={
+                "selection_rate": selection_rate,
+                "tpr": lambda a, b: true_positive_rate(a, b, pos_label=1),
+                "fpr": lambda a, b: false_positive_rate(a, b, pos_label=1),
+                "n_pos": lambda a, b: int(np.sum(a == 1)),
+                "n_neg": lambda a, b: int(np.sum(a == 0)),
+            },
+            y_true=t,
+            y_pred=p,
+            sensitive_features=groups,
+        )
+        rows = {}
+        for g, r in mf.by_group.iterrows():
+            rows[str(g)] = {
+                "selection_rate": float(r["selection_rate"]),
+                "tpr": float(r["tpr"]) if r["n_pos"] > 0 else float("nan"),
+                "fpr": float(r["fpr"]) if r["n_neg"] > 0 else float("nan"),
+            }
+        dp = _rng({g: v["selection_rate"] for g, v in rows.items()})
+        eo = max(_rng({g: v["tpr"] for g, v in rows.items()}), _rng({g: v["fpr"] for g, v in rows.items()}))
+        per_class[classes[c]] = {
+            "by_group": {g: {k: _f(v) for k, v in r.items()} for g, r in rows.items()},
+            "demographic_parity_difference": dp,
+            "equalized_odds_difference": eo,
+        }
+    out: dict = {
+        "task": "binary" if binary else "multiclass",
+        "positive_class": classes[1] if binary else None,
+        "by_group": by_group,
+        "accuracy_difference": _rng({g: v["accuracy"] for g, v in by_group.items()}),
+        "per_class": per_class,
+        "worst_class": {},
+    }
+    for metric in ("demographic_parity_difference", "equalized_odds_difference"):
+        worst = max(per_class, key=lambda k: per_class[k][metric])
+        out[metric] = float(per_class[worst][metric])
+        out["worst_class"][metric] = worst
+    if binary:  # the positive class's rates next to accuracy, for the common case
+        for g, r in per_class[classes[1]]["by_group"].items():
+            by_group[g].update(r)
+    return out
+
+
+def _plot(attr: str, teacher: dict, student: dict, metric: str, p: FairnessParams, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(teacher["by_group"])
+    x = np.arange(len(names))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.8), gridspec_kw={"width_ratios": [max(len(names), 2), 2]})
+    for off, (who, rep) in zip((-0.2, 0.2), (("teacher", teacher), ("student", student))):
+        a1.bar(x + off, [rep["by_group"][g]["accuracy"] for g in names], 0.4, label=who)
+    a1.set(
+        xticks=x,
+        xticklabels=[f"{g}\n(n={teacher['by_group'][g]['n']})" for g in names],
+        ylabel="accuracy",
+        ylim=(0, 1.05),
+        title=f"accuracy by {attr}",
+    )
+    a1.legend(loc="lower right", fontsize=8)
+    a2.bar([0, 1], [teacher[metric], student[metric]], 0.6, color=["C0", "C1"])
+    a2.axhline(p.max_disparity, color="k", ls="--", lw=1, label=f"max_disparity {p.max_disparity:g}")
+    a2.axhline(teacher[metric] + p.max_amplification, color="r", ls=":", lw=1, label=f"teacher + max_amplification {p.max_amplification:g}")
+    a2.set(xticks=[0, 1], xticklabels=["teacher", "student"], ylim=(0, 1.05), title=metric.replace("_", " "))
+    a2.legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def fairness_checks(
+    y_true, pred_teacher, pred_student, groups: dict[str, np.ndarray], classes: list[str], p: FairnessParams, out_dir: Path
+) -> tuple[dict, list[Gate]]:
+    """Teacher vs student group fairness per sensitive attribute, a chart and two gates per attribute.
+
+    `fairness_<attr>`: student disparity (p.metric, fairlearn) <= p.max_disparity.
+    `bias_amplification_<attr>`: student disparity - teacher disparity <= p.max_amplification
+    (Lukasik et al. 2021, "Teacher's pet: understanding and mitigating biases in distillation").
+    Predictions may be labels (N,) or probabilities (N, C). Charts at out_dir/fairness_<attr>.png.
+    """
+    if not groups:
+        return {}, [skipped("fairness", "no sensitive attributes (set data.sensitive_columns)")]
+    metric = p.metric
+    results: dict[str, dict] = {}
+    gates: list[Gate] = []
+    for attr, g in groups.items():
+        t = group_report(y_true, pred_teacher, g, classes)
+        s = group_report(y_true, pred_student, g, classes)
+        chart = _plot(attr, t, s, metric, p, Path(out_dir) / f"fairness_{attr}.png")
+        amp = s[metric] - t[metric]
+        results[attr] = {"metric": metric, "teacher": t, "student": s, "amplification": amp, "chart": chart.name}
+        cls = f" (worst class {s['worst_class'][metric]})" if s["task"] == "multiclass" else ""
+        gates.append(
+            at_most(f"fairness_{attr}", s[metric], p.max_disparity, detail=f"student {metric} {s[metric]:.4f}{cls} <= {p.max_disparity:g}")
+        )
+        gates.append(
+            at_most(
+                f"bias_amplification_{attr}",
+                amp,
+                p.max_amplification,
+                detail=f"student {s[metric]:.4f} - teacher {t[metric]:.4f} = {amp:+.4f} <= {p.max_amplification:g} (Lukasik et al. 2021)",
+            )
+        )
+    return results, gates

@@ -1,0 +1,86 @@
+"""Gate decisions: one record per check, in the manner of TFX's model blessing (Evaluator thresholds).
+
+Every check (absolute thresholds, retention against the teacher, change against the champion, and the
+checks stage's drift/fairness/calibration results) becomes a `Gate`. A gate with action 'fail' that did
+not pass blocks promotion; 'warn' is reported but does not block; 'skip' records why it was not run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from kd.config import GateParams
+
+Action = Literal["fail", "warn", "skip"]
+
+
+@dataclass
+class Gate:
+    name: str
+    passed: bool
+    value: float | None = None
+    threshold: float | None = None
+    action: Action = "fail"
+    detail: str = ""
+
+    @property
+    def blocks(self) -> bool:
+        return self.action == "fail" and not self.passed
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def at_most(name: str, value: float, threshold: float, action: Action = "fail", detail: str = "") -> Gate:
+    return Gate(name, bool(value <= threshold), float(value), float(threshold), action, detail or f"{value:.4g} <= {threshold:.4g}")
+
+
+def at_least(name: str, value: float, threshold: float, action: Action = "fail", detail: str = "") -> Gate:
+    return Gate(name, bool(value >= threshold), float(value), float(threshold), action, detail or f"{value:.4g} >= {threshold:.4g}")
+
+
+def skipped(name: str, why: str) -> Gate:
+    return Gate(name, True, None, None, "skip", why)
+
+
+def model_gates(metrics: dict, g: GateParams, champion_accuracy: float | None) -> list[Gate]:
+    """Absolute, retention and champion gates from `reports/metrics.json`-shaped metrics."""
+    s, t = metrics["student"], metrics["teacher"]
+    gates = [
+        at_least("accuracy", s["accuracy"], g.min_accuracy),
+        at_most("ece", s["ece"], g.max_ece),
+        at_most("latency_ms_p50", s["latency_ms_p50"], g.max_latency_ms),
+        at_most("size_bytes", s["size_bytes"], g.max_size_bytes),
+        at_least(
+            "retention", s["accuracy"], g.min_retention * t["accuracy"],
+            detail=f"student {s['accuracy']:.4f} >= {g.min_retention} x teacher {t['accuracy']:.4f}",
+        ),
+    ]
+    if champion_accuracy is None:
+        gates.append(skipped("champion_delta", "no current champion"))
+    else:
+        gates.append(at_least(
+            "champion_delta", s["accuracy"], champion_accuracy - g.max_champion_drop,
+            detail=f"student {s['accuracy']:.4f} >= champion {champion_accuracy:.4f} - {g.max_champion_drop}",
+        ))
+    return gates
+
+
+def from_dicts(items: list[dict]) -> list[Gate]:
+    return [Gate(**d) for d in items]
+
+
+def blocked(gates: list[Gate]) -> list[Gate]:
+    return [g for g in gates if g.blocks]
+
+
+def table(gates: list[Gate]) -> str:
+    """A markdown table of gate decisions (printed, stored as an artifact, shown in Prefect)."""
+    rows = ["| gate | decision | value | threshold | detail |", "|---|---|---|---|---|"]
+    for g in gates:
+        decision = "skipped" if g.action == "skip" else ("pass" if g.passed else ("FAIL" if g.action == "fail" else "warn"))
+        v = "" if g.value is None else f"{g.value:.4g}"
+        t = "" if g.threshold is None else f"{g.threshold:.4g}"
+        rows.append(f"| {g.name} | {decision} | {v} | {t} | {g.detail} |")
+    return "\n".join(rows)

@@ -1,0 +1,78 @@
+"""Distillation losses by name, combined as a weighted sum of named terms.
+
+| name | source | needs the teacher online |
+|---|---|---|
+| ce   | hard-label cross-entropy | no |
+| kd   | Hinton et al. 2015 | no (cached soft targets) |
+| dkd  | Zhao et al. 2022 | no (cached soft targets) |
+| hint | Romero et al. 2015 (FitNets) | yes (features) |
+| at   | Zagoruyko & Komodakis 2017 | yes (features) |
+| rkd  | Park et al. 2019 | yes (features) |
+| pkt  | Passalis & Tefas 2018 | yes (features) |
+
+Each term takes a context dict: `student_logits`, `teacher_logp` (teacher log-probabilities at T=1),
+`y` (-1 for unlabeled transfer rows) and, for feature losses, `student_feat` / `teacher_feat`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kd.config import DistillParams
+from kd.losses.attention import AttentionTransfer
+from kd.losses.dkd import DKD
+from kd.losses.hinton import HardCE, HintonKD
+from kd.losses.hint import Hint, HintRegressor
+from kd.losses.pkt import PKT
+from kd.losses.rkd import RKD
+
+FEATURE_LOSSES = ("hint", "at", "rkd", "pkt")
+
+
+class Combined(nn.Module):
+    """sum_i w_i * L_i over the configured terms; `forward` returns the total and each term's value."""
+
+    def __init__(self, terms: dict[str, nn.Module], weights: dict[str, float]):
+        super().__init__()
+        self.terms = nn.ModuleDict(terms)
+        self.weights = weights
+
+    @property
+    def needs_features(self) -> bool:
+        return any(getattr(t, "needs_features", False) for t in self.terms.values())
+
+    def forward(self, ctx: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        total = 0.0
+        parts: dict[str, float] = {}
+        for name, term in self.terms.items():
+            value = term(ctx)
+            parts[name] = float(value.detach())
+            total = total + self.weights[name] * value
+        return total, parts
+
+
+def build(p: DistillParams, feature_shapes: tuple[tuple, tuple] | None = None) -> Combined:
+    """Build the configured terms. `feature_shapes` = (student, teacher) per-sample feature shapes,
+    needed by 'hint' to size its regressor."""
+    terms: dict[str, nn.Module] = {}
+    for name in p.losses:
+        if name == "ce":
+            terms[name] = HardCE()
+        elif name == "kd":
+            terms[name] = HintonKD(p.temperature, p.alpha)
+        elif name == "dkd":
+            terms[name] = DKD(p.temperature, p.dkd_alpha, p.dkd_beta)
+        elif name == "hint":
+            if feature_shapes is None:
+                raise ValueError("the 'hint' loss needs the student and teacher feature shapes")
+            terms[name] = Hint(HintRegressor(*feature_shapes))
+        elif name == "at":
+            terms[name] = AttentionTransfer()
+        elif name == "rkd":
+            terms[name] = RKD()
+        elif name == "pkt":
+            terms[name] = PKT()
+        else:
+            raise ValueError(f"unknown loss {name!r}; expected one of ce, kd, dkd, {', '.join(FEATURE_LOSSES)}")
+    return Combined(terms, dict(p.losses))

@@ -1,0 +1,219 @@
+"""The soft-target cache: teacher outputs computed once, written as sharded `.npy` files (no pickle),
+memory-mapped on read.
+
+Layout of `cache/soft_targets/`:
+- `shard-NNNNN.logp.npy`: (rows, views, C) teacher log-probabilities, or (rows, views, k) with top-k;
+- `shard-NNNNN.idx.npy`: (rows, views, k) class indices of the kept entries (top-k only);
+- `views.npz`: the augmentation parameters of every view (`kd.augment`);
+- `manifest.json`: the cache key, shapes and a sha256 per file — written last, atomically: it is the
+  commit point. A cache without a manifest, with a different key, or with a file whose checksum does not
+  match is never used; `build` regenerates exactly the shards that are missing or corrupt.
+
+The key hashes the teacher weights, the data version and the cache parameters, so a changed teacher or
+data set never reuses stale targets. Top-k keeps the k largest probabilities exactly and spreads the
+residual mass 1 - sum(top-k) uniformly over the other classes, so a row still sums to one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from kd import augment
+from kd.config import SoftTargetParams
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class CacheError(RuntimeError):
+    """The cache cannot be used as it is; the message says why and how to rebuild it."""
+
+
+def cache_key(teacher_hash: str, data_hash: str, sp: SoftTargetParams, seed: int) -> str:
+    cfg = sp.model_dump(mode="json")
+    cfg.pop("batch_size")  # how fast it was computed does not change the targets
+    blob = json.dumps({"teacher": teacher_hash, "data": data_hash, "params": cfg, "seed": seed, "v": FORMAT_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 23) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _shard_files(i: int, top_k: int) -> list[str]:
+    return [f"shard-{i:05d}.logp.npy"] + ([f"shard-{i:05d}.idx.npy"] if top_k else [])
+
+
+def _bad_files(root: Path, manifest: dict) -> set[str]:
+    """Files that are missing or whose checksum differs from the manifest."""
+    bad = set()
+    for name, digest in manifest["files"].items():
+        p = root / name
+        if not p.exists() or p.stat().st_size != manifest["sizes"][name] or sha256_file(p) != digest:
+            bad.add(name)
+    return bad
+
+
+def read_manifest(root: Path) -> dict | None:
+    try:
+        return json.loads((root / MANIFEST).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def build(
+    root: Path,
+    key: str,
+    x_all: np.ndarray,
+    teacher_fn: Callable[[np.ndarray], np.ndarray],
+    n_classes: int,
+    sp: SoftTargetParams,
+    seed: int,
+    meta: dict | None = None,
+) -> dict:
+    """Make `root` a valid cache for `key`, computing only what is missing, corrupt or stale.
+
+    `teacher_fn` maps a float32 batch (B, F) to log-probabilities (B, C). Returns a summary with the
+    shards (re)built, so callers can tell a reuse from a rebuild.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    n, k = len(x_all), sp.top_k
+    if k >= n_classes:
+        raise CacheError(f"soft_targets.top_k={k} must be below the number of classes ({n_classes}); use 0 for all")
+    n_shards = max(1, math.ceil(n / sp.shard_size))
+    old = read_manifest(root)
+    if old is not None and old.get("key") == key:
+        bad = _bad_files(root, old)
+        if not bad:
+            return {"key": key, "rebuilt_shards": [], "reused": True, "n": n}
+        todo = sorted({int(f.split("-")[1].split(".")[0]) for f in bad if f.startswith("shard-")})
+    else:
+        todo = list(range(n_shards))
+        for p in root.glob("shard-*.npy"):
+            p.unlink()
+    (root / MANIFEST).unlink(missing_ok=True)  # from here on the cache is uncommitted
+    views = view_params(root, n, sp, seed)
+    dtype = np.dtype(sp.dtype)
+    t0 = time.perf_counter()
+    for s in todo:
+        lo, hi = s * sp.shard_size, min(n, (s + 1) * sp.shard_size)
+        out = np.empty((hi - lo, sp.views, k or n_classes), dtype)
+        idx_out = np.empty((hi - lo, sp.views, k), np.int32) if k else None
+        for b in range(lo, hi, sp.batch_size):
+            rows = np.arange(b, min(hi, b + sp.batch_size))
+            for v in range(sp.views):
+                xb = augment.apply(x_all, rows, np.full(len(rows), v), views, sp.augment.noise_std)
+                logp = np.asarray(teacher_fn(xb), dtype=np.float32)
+                if k:
+                    top = np.argpartition(-logp, k - 1, axis=1)[:, :k]
+                    idx_out[rows - lo, v] = top
+                    out[rows - lo, v] = np.take_along_axis(logp, top, 1)
+                else:
+                    out[rows - lo, v] = logp
+        _save_npy(root / _shard_files(s, k)[0], out)
+        if k:
+            _save_npy(root / _shard_files(s, k)[1], idx_out)
+    files = [f for s in range(n_shards) for f in _shard_files(s, k)] + ["views.npz"]
+    manifest = {
+        "format": FORMAT_VERSION, "key": key, "n": n, "n_classes": n_classes, "views": sp.views, "top_k": k,
+        "dtype": sp.dtype, "shard_size": sp.shard_size, "n_shards": n_shards,
+        "augment": sp.augment.model_dump(), "seed": seed,
+        "files": {f: sha256_file(root / f) for f in files},
+        "sizes": {f: (root / f).stat().st_size for f in files},
+        "meta": meta or {},
+    }
+    tmp = root / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, root / MANIFEST)  # the commit point
+    return {"key": key, "rebuilt_shards": todo, "reused": False, "n": n, "seconds": time.perf_counter() - t0}
+
+
+def view_params(root: Path, n: int, sp: SoftTargetParams, seed: int) -> dict[str, np.ndarray]:
+    views = augment.view_params(n, sp.views, sp.augment, seed)
+    tmp = root / "views.tmp.npz"
+    np.savez(tmp, **views)
+    os.replace(tmp, root / "views.npz")
+    return views
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+    os.replace(tmp, path)
+
+
+class SoftTargets:
+    """Read-only, memory-mapped view of a committed cache.
+
+    `logp(idx, view)` returns full (B, C) float32 log-probabilities; top-k rows are rebuilt with the
+    residual mass spread over the classes that were dropped.
+    """
+
+    def __init__(self, root: Path, expected_key: str | None = None, verify: bool = True):
+        self.root = Path(root)
+        m = read_manifest(self.root)
+        if m is None:
+            raise CacheError(f"{self.root}/{MANIFEST} is missing: the cache was never committed; run 'dvc repro soft_targets'")
+        if expected_key is not None and m["key"] != expected_key:
+            raise CacheError(
+                f"{self.root}/{MANIFEST} was built for key {m['key']}, expected {expected_key} "
+                f"(teacher, data or soft_targets params changed); run 'dvc repro soft_targets'"
+            )
+        if verify:
+            bad = _bad_files(self.root, m)
+            if bad:
+                raise CacheError(f"{self.root}: file(s) {sorted(bad)[:5]} missing or corrupt (checksum mismatch); run 'dvc repro soft_targets'")
+        self.manifest = m
+        self.n, self.n_classes, self.views, self.k = m["n"], m["n_classes"], m["views"], m["top_k"]
+        self.shard_size = m["shard_size"]
+        self._logp = [np.load(self.root / _shard_files(s, self.k)[0], mmap_mode="r") for s in range(m["n_shards"])]
+        self._idx = [np.load(self.root / _shard_files(s, self.k)[1], mmap_mode="r") for s in range(m["n_shards"])] if self.k else []
+        with np.load(self.root / "views.npz") as z:
+            self.view_params = {name: z[name] for name in z.files}
+
+    def raw(self, idx: np.ndarray, view: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Stored values (and top-k indices) for rows `idx` at views `view`, as float32/int64."""
+        idx = np.asarray(idx)
+        vals = np.empty((len(idx), self.k or self.n_classes), np.float32)
+        inds = np.empty((len(idx), self.k), np.int64) if self.k else None
+        shard, off = np.divmod(idx, self.shard_size)
+        for s in np.unique(shard):
+            m = shard == s
+            # sorted offsets read the memory map sequentially
+            order = np.argsort(off[m])
+            rows, vs = off[m][order], np.asarray(view)[m][order]
+            dest = np.flatnonzero(m)[order]
+            vals[dest] = self._logp[s][rows, vs]
+            if self.k:
+                inds[dest] = self._idx[s][rows, vs]
+        return vals, inds
+
+    def logp(self, idx: np.ndarray, view: np.ndarray | int = 0) -> np.ndarray:
+        view = np.broadcast_to(np.asarray(view), np.shape(idx))
+        vals, inds = self.raw(idx, view)
+        if not self.k:
+            return vals
+        return expand_top_k(vals, inds, self.n_classes)
+
+
+def expand_top_k(kept_logp: np.ndarray, kept_idx: np.ndarray, n_classes: int) -> np.ndarray:
+    """Full log-probabilities from the top-k entries: kept entries exact, the residual mass shared evenly."""
+    b, k = kept_logp.shape
+    kept_mass = np.exp(kept_logp.astype(np.float64)).sum(1)
+    residual = np.clip(1.0 - kept_mass, 1e-12, None) / (n_classes - k)
+    out = np.repeat(np.log(residual)[:, None], n_classes, 1).astype(np.float32)
+    np.put_along_axis(out, kept_idx, kept_logp, 1)
+    return out

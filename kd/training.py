@@ -1,0 +1,155 @@
+"""The training loop shared by teachers, students and the scratch baseline.
+
+Read top to bottom: seed, optimiser, cosine schedule, resume from the last checkpoint, then per epoch a
+seeded permutation, steps, validation, early stopping and a checkpoint. Batches and losses come from
+callables, so the same loop trains on hard labels, cached soft targets or an online teacher.
+Determinism on CPU: the epoch permutation depends only on (seed, epoch), and the torch RNG state is
+checkpointed, so a killed-and-resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from kd.config import TrainParams
+
+BatchFn = Callable[[np.ndarray, int], dict]  # (row indices, epoch) -> batch dict
+LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass
+class FitResult:
+    epochs_run: int
+    best_epoch: int
+    best_val_accuracy: float
+    history: list[dict] = field(default_factory=list)
+    resumed_from: int = 0
+
+
+class StopTraining(Exception):
+    """Raised by a step callback to simulate a killed process (tests of resume)."""
+
+
+def set_seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 1024) -> float:
+    model.eval()
+    preds = [model(torch.from_numpy(x[i : i + batch])).argmax(1).numpy() for i in range(0, len(x), batch)]
+    return float((np.concatenate(preds) == y).mean()) if len(y) else 0.0
+
+
+def make_optimizer(params, tp: TrainParams) -> torch.optim.Optimizer:
+    if tp.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=tp.lr, momentum=tp.momentum, weight_decay=tp.weight_decay, nesterov=True)
+    return torch.optim.AdamW(params, lr=tp.lr, weight_decay=tp.weight_decay)
+
+
+def fit(
+    model: nn.Module,
+    n_rows: int,
+    batch_fn: BatchFn,
+    loss_fn: LossFn,
+    val: tuple[np.ndarray, np.ndarray],
+    tp: TrainParams,
+    seed: int,
+    ckpt: Path | None = None,
+    extra_modules: list[nn.Module] | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
+    desc: str = "train",
+) -> FitResult:
+    """Train `model` in place (ending on its best validation weights) and return the history."""
+    set_seed(seed)
+    extra = nn.ModuleList(extra_modules or [])  # e.g. FitNets regressors, trained with the student
+    opt = make_optimizer(list(model.parameters()) + list(extra.parameters()), tp)
+    steps_per_epoch = math.ceil(n_rows / tp.batch_size)
+    total = tp.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, (lambda s: 0.5 * (1 + math.cos(math.pi * s / total))) if tp.schedule == "cosine" else (lambda s: 1.0)
+    )
+    state = {"epoch": 0, "best_acc": -1.0, "best_epoch": 0, "best_state": None, "bad_epochs": 0, "history": []}
+    resumed = 0
+    if ckpt is not None and ckpt.exists():
+        saved = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(saved["model"])
+        extra.load_state_dict(saved["extra"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["torch_rng"])
+        state = saved["state"]
+        resumed = state["epoch"]
+
+    progress = None
+    if tp.progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=tp.epochs, initial=state["epoch"], desc=desc, leave=False)
+    while state["epoch"] < tp.epochs and state["bad_epochs"] <= (tp.patience or math.inf):
+        epoch = state["epoch"]
+        order = np.random.default_rng([seed, epoch]).permutation(n_rows)
+        model.train()
+        extra.train()
+        sums: dict[str, float] = {}
+        for i in range(0, n_rows, tp.batch_size):
+            loss, parts = loss_fn(model, batch_fn(order[i : i + tp.batch_size], epoch))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v / steps_per_epoch
+        val_acc = accuracy(model, *val)
+        state["history"].append({"epoch": epoch + 1, "val_accuracy": val_acc, **sums})
+        if val_acc > state["best_acc"]:
+            state.update(best_acc=val_acc, best_epoch=epoch + 1, best_state=copy.deepcopy(model.state_dict()), bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        if ckpt is not None:
+            _save_checkpoint(ckpt, model, extra, opt, sched, state)
+        if progress:
+            progress.update(1)
+            progress.set_postfix(val_acc=f"{val_acc:.4f}", **{k: f"{v:.3f}" for k, v in sums.items()})
+        if on_epoch_end:
+            on_epoch_end(epoch + 1)
+    if progress:
+        progress.close()
+    if state["best_state"] is not None:
+        model.load_state_dict(state["best_state"])
+    return FitResult(state["epoch"], state["best_epoch"], state["best_acc"], state["history"], resumed)
+
+
+def _save_checkpoint(path: Path, model, extra, opt, sched, state) -> None:
+    """Write to a temporary file and rename, so a kill mid-write never leaves a torn checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {"model": model.state_dict(), "extra": extra.state_dict(), "optimizer": opt.state_dict(),
+         "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(), "state": state},
+        tmp,
+    )
+    tmp.replace(path)
+
+
+def hard_label_batches(x: np.ndarray, y: np.ndarray) -> BatchFn:
+    def batch(idx: np.ndarray, _epoch: int) -> dict:
+        return {"x": torch.from_numpy(x[idx]), "y": torch.from_numpy(y[idx])}
+
+    return batch
+
+
+def cross_entropy_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    loss = nn.functional.cross_entropy(model(batch["x"]), batch["y"], ignore_index=-1)
+    return loss, {"ce": float(loss.detach())}
