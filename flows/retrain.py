@@ -8,6 +8,7 @@ only orders them, retries transient failures, and reports (logs, a markdown arti
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ def reproduce(root: str, stage: str, force: bool = False) -> dict:
     from dvc.repo import Repo
 
     log = get_run_logger()
+    logging.getLogger("dvc").setLevel(logging.WARNING)  # DVC's 'git add dvc.lock' hints are noise here
     t0 = time.perf_counter()
     with contextlib.chdir(root), Repo(root) as repo:  # DVC resolves targets from the cwd
         changed = force or bool(repo.status(targets=[stage]))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -70,22 +69,26 @@ def stage(
 @app.command("run")
 def run_pipeline(
     root: Root = Path("."),
-    overrides: Overrides = None,
     force: Annotated[bool, typer.Option(help="re-run every stage even if DVC finds it up to date")] = False,
+    push: Annotated[bool, typer.Option(help="push data, teacher, cache and models to the DVC remote")] = True,
 ) -> None:
-    """Run the whole retraining flow: DVC stages under Prefect, MLflow tracking, gated registration."""
+    """Run the retraining flow on params.yaml: DVC stages under Prefect, MLflow tracking, gated registration."""
+    from kd.config import ConfigError, missing_dvc_params
+
     try:
-        p = _params(root, overrides)
+        _params(root, None)  # fail fast, before any server or stage starts, on a bad params.yaml
+        missing = missing_dvc_params(root)
+        if missing:
+            raise ConfigError(f"{root / 'params.yaml'}: dvc.yaml stages depend on {missing}, which the file does not spell out; "
+                              "DVC needs every one present (an empty section such as 'soft_targets: {}' is enough)")
     except _user_errors() as err:
         _fail(err)
-    sys.path.insert(0, str(root.resolve()))
     from flows.retrain import retrain
 
-    state = retrain(root=str(root.resolve()), overrides=overrides or [], force=force, return_state=True)
+    state = retrain(root=str(root.resolve()), force=force, push_remote=push, return_state=True)
     if state.is_failed():
         typer.secho(f"error: the retrain flow failed: {state.message}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
-    del p
 
 
 @app.command()
@@ -128,6 +131,25 @@ def status(root: Root = Path(".")) -> None:
 
     p = _params(root, None)
     typer.echo(registry.Registry(p.registry, root.resolve()).describe())
+
+
+@app.command()
+def params(
+    root: Root = Path("."),
+    reference: Annotated[bool, typer.Option(help="print the configuration reference (every key, default, meaning)")] = False,
+) -> None:
+    """Print the fully resolved params.yaml (defaults filled in), or the configuration reference."""
+    import yaml
+
+    if reference:
+        from kd.config import reference_markdown
+
+        typer.echo(reference_markdown(), nl=False)
+        return
+    try:
+        typer.echo(yaml.safe_dump(_params(root, None).to_dict(), sort_keys=False), nl=False)
+    except _user_errors() as err:
+        _fail(err)
 
 
 if __name__ == "__main__":

@@ -43,11 +43,33 @@ def _load_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def already_published(root: Path, p: Params, runs: list[dict]) -> dict | None:
+    """The last publish's record, if nothing ran since and the student it registered is unchanged."""
+    marker = root / p.paths.publish / "published.json"
+    if any(r["ran"] for r in runs) or not marker.exists():
+        return None
+    last = json.loads(marker.read_text())
+    same = last.get("dvc.models") == dvc_hashes(root).get(p.paths.models) and last.get("model_name") == p.registry.model_name
+    return last if same and last.get("tracking_uri") == (p.registry.tracking_uri or "default") else None
+
+
 def publish(root: Path, p: Params, runs: list[dict]) -> dict:
+    """Log the pipeline run, register the student and apply the gates; a no-op rerun touches nothing."""
+    root = Path(root)
+    P = p.paths
+    last = already_published(root, p, runs)
+    if last is not None:
+        note = f"nothing changed since run {last['run_id']}: the student is version {last['version']} (promoted: {last['promoted']})"
+        metrics = _load_json(root / P.reports / "metrics.json")
+        table = (root / P.publish / "gates.md").read_text() if (root / P.publish / "gates.md").exists() else ""
+        return last | {"note": note, "stages": runs, "markdown": summary_markdown(runs, metrics, table, p.registry.model_name, note)}
+    return _publish(root, p, runs)
+
+
+def _publish(root: Path, p: Params, runs: list[dict]) -> dict:
     from kd import data, models
     from kd.registry import Registry
 
-    root = Path(root)
     P = p.paths
     reg = Registry(p.registry, root)
     metrics = _load_json(root / P.reports / "metrics.json")
@@ -77,7 +99,7 @@ def publish(root: Path, p: Params, runs: list[dict]) -> dict:
             with reg.start_run(r["stage"], parent_run_id=pid, tags={"stage": r["stage"], "status": "ran" if r["ran"] else "skipped"}):
                 reg.log_metrics({"seconds": r["seconds"], "ran": int(r["ran"])})
                 teacher_run = _log_stage(reg, r, root, p, prep, hashes, teacher_info) or teacher_run
-        teacher_run = teacher_run or reg.find_run("teacher_hash", lineage["teacher_hash"]) or "unknown"
+        teacher_run = teacher_run or reg.find_run({"stage": "train_teacher", "teacher_hash": lineage["teacher_hash"]}) or "unknown"
         reg.set_tags({"teacher_run_id": teacher_run})
         reg.log_metrics({f"{m}.{k}": v for m, d in metrics.items() for k, v in d.items()})
         ref_gate = _reference_drift(reg, champion, root, p, prep)
@@ -108,6 +130,9 @@ def publish(root: Path, p: Params, runs: list[dict]) -> dict:
         reg.set_tags({"registered_version": version, "promoted": promoted})
 
     markdown = summary_markdown(runs, metrics, table, p.registry.model_name, note)
+    record = {"version": version, "promoted": promoted, "run_id": pid, "dvc.models": student_hash,
+              "model_name": p.registry.model_name, "tracking_uri": p.registry.tracking_uri or "default"}
+    (root / P.publish / "published.json").write_text(json.dumps(record, indent=2))
     return {"version": version, "promoted": promoted, "blocked": [g.name for g in blocked], "note": note,
             "run_id": pid, "lineage": lineage, "markdown": markdown, "stages": runs}
 

@@ -103,8 +103,10 @@ class Registry:
         ds = mlflow.data.from_numpy(features, targets=targets, name=name, digest=digest[:36], source=source)
         mlflow.log_input(ds, context=context)
 
-    def find_run(self, tag: str, value: str) -> str | None:
-        runs = self.client.search_runs([self.experiment_id()], f"tags.`{tag}` = '{value}'", max_results=1, order_by=["attributes.start_time ASC"])
+    def find_run(self, tags: dict[str, str]) -> str | None:
+        """The earliest run carrying all these tags (e.g. the run that trained a given teacher)."""
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs([self.experiment_id()], query, max_results=1, order_by=["attributes.start_time ASC"])
         return runs[0].info.run_id if runs else None
 
     @staticmethod

@@ -45,3 +45,12 @@ def test_overrides_and_section_hash(tmp_path):
     assert q.section_hash("teacher") == Params().section_hash("teacher") and q.section_hash() != Params().section_hash()
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load_params(tmp_path / "none.yaml", ["student.train.epochs"])
+
+
+def test_configuration_reference_is_current():
+    from pathlib import Path
+
+    from kd.config import reference_markdown
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "CONFIGURATION.md").read_text()
+    assert reference_markdown() in doc, "regenerate docs/CONFIGURATION.md with `kd params --reference`"

@@ -1,0 +1,51 @@
+"""The library stays a library: no Prefect in kd/, MLflow only in the registry adapter, fast CLI start."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+KD = Path(__file__).resolve().parents[2] / "kd"
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_no_kd_module_imports_prefect_and_only_registry_imports_mlflow():
+    for path in KD.rglob("*.py"):
+        found = _imports(path)
+        assert "prefect" not in found, path
+        if path.name != "registry.py":
+            assert "mlflow" not in found, path
+
+
+def test_cli_help_imports_no_heavy_library():
+    code = ("import sys; from kd.cli import app; heavy = {'torch', 'mlflow', 'prefect', 'great_expectations', 'evidently', 'dvc'};"
+            "print(sorted(heavy & set(m.split('.')[0] for m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_bad_params_fail_before_anything_runs(tmp_path):
+    (tmp_path / "params.yaml").write_text("teacher:\n  train: {epochs: -3}\n")
+    out = subprocess.run(["kd", "run", "--root", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 2 and "teacher.train.epochs" in out.stderr and "greater than or equal to 1" in out.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+    out = subprocess.run(["kd", "stage", "nope", "--root", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 2 and "expected one of validate, train_teacher" in out.stderr
+
+
+def test_params_must_spell_out_what_dvc_yaml_depends_on(tmp_path):
+    import shutil
+
+    shutil.copy(KD.parent / "dvc.yaml", tmp_path / "dvc.yaml")
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    out = subprocess.run(["kd", "run", "--root", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 2 and "'soft_targets: {}'" in out.stderr and "'teacher'" in out.stderr and "'paths.prepared'" in out.stderr

@@ -1,0 +1,146 @@
+"""End to end: the Prefect flow over DVC stages, MLflow tracking, gated registration, incremental reruns.
+
+One project per module; the tests run in order, each building on the registry state the previous left.
+"""
+
+import copy
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from conftest import TINY, make_project, read_params, write_params
+
+pytestmark = pytest.mark.flow
+
+STAGES = ["validate", "train_teacher", "soft_targets", "distill", "evaluate", "checks"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, prefect_api):
+    return make_project(tmp_path_factory.mktemp("kdproj"), copy.deepcopy(TINY))
+
+
+def _run(root):
+    from flows.retrain import retrain
+
+    return retrain(root=str(root), push_remote=True)
+
+
+def _ran(result):
+    return {r["stage"]: r["ran"] for r in result["stages"]}
+
+
+def _client(root):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return MlflowClient(uri, uri)
+
+
+def _champion(root):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(_client(root).get_model_version_by_alias("kd-student", "champion").version)
+    except MlflowException:
+        return None
+
+
+def _versions(root):
+    return sorted(int(v.version) for v in _client(root).search_model_versions("name = 'kd-student'"))
+
+
+def test_first_run_runs_every_stage_registers_and_promotes(project):
+    result = _run(project)
+    assert _ran(result) == dict.fromkeys(STAGES, True)
+    assert result["promoted"] and result["version"] == "1" and _champion(project) == "1"
+    mv = _client(project).get_model_version("kd-student", "1")
+    for tag in ("git_commit", "config_hash", "dvc.data", "dvc.teacher", "dvc.soft_targets", "dvc.models", "teacher_run_id"):
+        assert mv.tags.get(tag) not in (None, "", "unknown"), tag
+    assert mv.tags["gates.passed"] == "true" and mv.tags["gate.accuracy"].startswith("pass")
+    # a parent run with one child run per stage, the data input and the artifacts
+    client = _client(project)
+    parent = client.get_run(result["run_id"])
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result['run_id']}'")
+    assert sorted(c.data.tags["stage"] for c in children) == sorted(STAGES)
+    assert mv.tags["teacher_run_id"] in {c.info.run_id for c in children if c.data.tags["stage"] == "train_teacher"}
+    arts = {a.path for a in client.list_artifacts(result["run_id"])}
+    assert {"onnx", "reference", "gates.md", "metrics.json"} <= arts | {a.path for c in children for a in client.list_artifacts(c.info.run_id)}
+    assert any(i.dataset.name == "prepared-train" for c in children for i in c.inputs.dataset_inputs)
+    # DVC pushed data, teacher and cache to the local remote
+    assert result["dvc_pushed"] > 0 and any((project / "dvc-remote").rglob("*"))
+
+
+def test_champion_loads_from_the_registry_and_predicts(project):
+    import mlflow.pytorch
+    import torch
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    model = mlflow.pytorch.load_model("models:/kd-student@champion")
+    x = np.load(project / "data/prepared/arrays.npz")["x_test"]
+    y = np.load(project / "data/prepared/arrays.npz")["y_test"]
+    with torch.no_grad():
+        acc = (model(torch.from_numpy(x)).argmax(1).numpy() == y).mean()
+    metrics = json.loads((project / "reports/evaluate/metrics.json").read_text())
+    assert acc == pytest.approx(metrics["student"]["accuracy"], abs=1e-6)
+
+
+def test_noop_rerun_skips_every_stage_and_leaves_the_registry_alone(project):
+    before = _versions(project)
+    result = _run(project)
+    assert _ran(result) == dict.fromkeys(STAGES, False)
+    assert _versions(project) == before and _champion(project) == "1"
+
+
+def test_student_change_reruns_only_downstream_and_reuses_the_cache(project):
+    manifest = (project / "cache/soft_targets/manifest.json").read_text()
+    params = read_params(project)
+    params["student"]["train"]["epochs"] = 4
+    write_params(project, params)
+    result = _run(project)
+    assert _ran(result) == {"validate": False, "train_teacher": False, "soft_targets": False, "distill": True, "evaluate": True, "checks": True}
+    assert (project / "cache/soft_targets/manifest.json").read_text() == manifest
+    assert result["version"] == "2"
+    mv = _client(project).get_model_version("kd-student", "2")
+    assert not mv.tags["gate.champion_delta"].startswith("skipped")  # compared against version 1
+    assert mv.tags["teacher_run_id"] == _client(project).get_model_version("kd-student", "1").tags["teacher_run_id"]
+
+
+def test_failing_gate_registers_but_moves_no_alias(project):
+    champion = _champion(project)
+    params = read_params(project)
+    params["gates"]["min_accuracy"] = 0.999
+    params["student"]["train"]["epochs"] = 5
+    write_params(project, params)
+    result = _run(project)
+    assert not result["promoted"] and "accuracy" in result["blocked"]
+    mv = _client(project).get_model_version("kd-student", result["version"])
+    assert mv.tags["gate.accuracy"].startswith("fail") and mv.tags["gates.passed"] == "false" and "accuracy" in mv.tags["gates.failed"]
+    assert _champion(project) == champion
+
+
+def test_promote_and_rollback_by_hand(project):
+    versions = _versions(project)
+    champion = _champion(project)
+    target = str(versions[-1])
+    out = subprocess.run(["kd", "promote", target, "--root", str(project), "--reason", "checked by hand"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert _champion(project) == target
+    client = _client(project)
+    assert str(client.get_model_version_by_alias("kd-student", "previous").version) == champion
+    assert client.get_model_version("kd-student", target).tags["promotion_reason"] == "checked by hand"
+    out = subprocess.run(["kd", "rollback", "--root", str(project)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert _champion(project) == champion
+    bad = subprocess.run(["kd", "promote", "99", "--root", str(project)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no version '99'" in bad.stderr and _champion(project) == champion
+
+
+def test_data_change_reruns_everything(project):
+    params = read_params(project)
+    params["gates"]["min_accuracy"] = 0.5
+    params["data"]["synthetic"]["n_samples"] = 950
+    write_params(project, params)
+    result = _run(project)
+    assert _ran(result) == dict.fromkeys(STAGES, True)
