@@ -18,7 +18,7 @@ fixed per-step cost weighs most on the smallest step.
 fp32 / fp16 full rows and fp16 top-5, at 10 and 100 classes: the targets (logp + top-k indices) and the
 per-sample view parameters (`views.npz`) that every cache also stores.
 
-Run: python benchmarks/cache.py [--quick]   (full: about 3 minutes on 2 cores)
+Run: python benchmarks/cache.py [--quick]   (full: about 1 minute on 2 cores)
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from unittest import mock
 
 import numpy as np
 import torch
+from _common import md_table, write_json
 
 import kd.distill
-from _common import md_table, write_json
 from kd import data, models, sources
 from kd.config import ModelSpec, SoftTargetParams, parse_params
 from kd.soft_targets import SoftTargets, build, cache_key
@@ -105,7 +105,7 @@ def bytes_per_sample(n: int, tmp: Path) -> list[dict]:
     for n_classes in (10, 100):
         w = np.random.default_rng(n_classes).normal(0, 0.5, (32, n_classes)).astype(np.float32)
         x = np.random.default_rng(1).normal(size=(n, 32)).astype(np.float32)
-        fn = lambda xb: torch.from_numpy(xb @ w).log_softmax(1).numpy()  # noqa: E731
+        fn = lambda xb, w=w: torch.from_numpy(xb @ w).log_softmax(1).numpy()
         for dtype, k in (("float32", 0), ("float16", 0), ("float16", 5)):
             root = tmp / f"bytes-{n_classes}-{dtype}-{k}"
             build(root, "k", x, fn, n_classes, SoftTargetParams(dtype=dtype, top_k=k), 0)

@@ -15,7 +15,7 @@
    same random batches go through `distill.cached_batches` (the training read path: inputs + targets).
 
 Everything lives in a temporary directory under /tmp, removed at the end.
-Run: python benchmarks/cache_scale.py [--quick]   (full: about 1 minute; needs ~0.4 GB free in /tmp)
+Run: python benchmarks/cache_scale.py [--quick]   (full: about 20 seconds; needs ~0.4 GB free in /tmp)
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import md_table, write_json
 
 N_FEATURES, N_CLASSES, BATCH = 32, 100, 256
@@ -158,8 +157,8 @@ def main() -> None:
         ["  of which views.npz", f"{sizes['views.npz'] / mib:.1f} MiB ({sizes['views.npz'] / n:.1f} B/sample)"],
         ["builder peak RSS (fresh process)", f"{b['peak_rss_mib']:.0f} MiB (after imports {b['rss_after_imports_mib']:.0f} MiB)"],
         ["reader: open with verify=True", f"{r['open_verify_seconds']:.2f} s"],
-        [f"reader: random batches of {BATCH} via SoftTargets.logp", f"{rate:,.0f} samples/s (median of {repeats} x {batches * BATCH:,} rows; "
-         f"min {min(r['samples_per_s']):,.0f})"],
+        [f"reader: random batches of {BATCH} via SoftTargets.logp", (f"{rate:,.0f} samples/s (median of {repeats} x {batches * BATCH:,} rows; "
+                                                                   f"min {min(r['samples_per_s']):,.0f})")],
         ["reader: same through distill.cached_batches (inputs + targets)", f"{r['cached_batches_samples_per_s']:,.0f} samples/s (1 x {batches * BATCH:,} rows)"],
         ["reader peak RSS (ru_maxrss, fresh process)", f"{r['peak_rss_mib']:.0f} MiB = {r['peak_rss_mib'] * mib / on_disk:.0%} of the cache on disk"],
         ["reader RssAnon (private): after imports / max after each repeat", f"{r['after_imports']['RssAnon']:.0f} / {r['max_rss_anon_mib']:.0f} MiB"],

@@ -24,20 +24,28 @@ from kd.config import load_params  # noqa: E402
 from kd.stages import STAGES  # noqa: E402
 
 
+class StageFailed(RuntimeError):
+    """A pipeline stage failed on its own (bad data, bad config): not retried, reported with its reason."""
+
+
 def _transient(_task, _run, state) -> bool:
-    """Retry only I/O-like failures (DVC's lock, a busy file system), never a stage that failed on its own."""
+    """Retry only transient failures (DVC's lock held by another process, a timeout, a dropped
+    connection), never a stage that failed on its own: retrying that would only fail again, slower."""
+    from dvc.lock import LockError
+
     try:
         state.result()
-    except Exception as err:  # noqa: BLE001
-        from dvc.exceptions import ReproductionError
-
-        return not isinstance(err, ReproductionError) and isinstance(err, (OSError, TimeoutError)) or "lock" in str(err).lower()
+    except (LockError, TimeoutError, ConnectionError, BlockingIOError):
+        return True
+    except Exception:  # noqa: BLE001
+        return False
     return False
 
 
 @task(retries=2, retry_delay_seconds=3, retry_condition_fn=_transient)
 def reproduce(root: str, stage: str, force: bool = False) -> dict:
     """`dvc repro --single-item <stage>`: runs `kd stage <stage>` only if its deps, params or outs changed."""
+    from dvc.exceptions import ReproductionError
     from dvc.repo import Repo
 
     log = get_run_logger()
@@ -47,7 +55,12 @@ def reproduce(root: str, stage: str, force: bool = False) -> dict:
         changed = force or bool(repo.status(targets=[stage]))
         if changed:
             log.info("stage %s changed: reproducing", stage)
-            repo.reproduce(stage, single_item=True, force=force)
+            try:
+                repo.reproduce(stage, single_item=True, force=force)
+            except ReproductionError as err:
+                why = Path(root) / load_params(Path(root) / "params.yaml").paths.checkpoints / "errors" / f"{stage}.txt"
+                detail = why.read_text() if why.exists() else f"see the output of 'kd stage {stage}' above ({err.__cause__})"
+                raise StageFailed(f"stage {stage} failed: {detail}") from None
         else:
             log.info("stage %s is up to date: skipped", stage)
     return {"stage": stage, "ran": changed, "seconds": round(time.perf_counter() - t0, 2)}

@@ -59,9 +59,16 @@ def stage(
 
     if name not in STAGES:
         _fail(KeyError(f"unknown stage {name!r}; expected one of {', '.join(STAGES)}"))
+    errors = root.resolve() / "checkpoints" / "errors" / f"{name}.txt"
+    errors.unlink(missing_ok=True)
     try:
-        result = run(name, root.resolve(), _params(root, overrides))
+        p = _params(root, overrides)
+        errors = root.resolve() / p.paths.checkpoints / "errors" / f"{name}.txt"
+        result = run(name, root.resolve(), p)
     except _user_errors() as err:
+        # kept for the flow, which reports why a stage failed (DVC only says that it did)
+        errors.parent.mkdir(parents=True, exist_ok=True)
+        errors.write_text(str(err))
         _fail(err)
     typer.echo(json.dumps(result, indent=2))
 

@@ -58,6 +58,8 @@ class DataParams(Section):
     # Sensitive attributes are kept for fairness checks and excluded from features unless asked.
     sensitive_as_features: bool = False
     """also feed the sensitive columns to the models"""
+    feature_columns: list[str] = Field(default_factory=list)
+    """the expected feature columns (a declared schema: a file lacking one is refused); empty = every column but the label and sensitive ones"""
     categorical_columns: list[str] = Field(default_factory=list, description="encoded one-hot; others must be numeric")
     # The known label set; empty = the labels seen in the training split.
     classes: list[str] = Field(default_factory=list)
@@ -349,6 +351,8 @@ class PathsParams(Section):
 class Params(Section):
     seed: int = 0
     """seed for splits, initialisation, batch order and augmentation views"""
+    threads: int = Field(1, ge=1)
+    """torch/onnxruntime CPU threads per stage: 1 is fastest for small models and immune to a busy machine"""
     paths: PathsParams = Field(default_factory=PathsParams)
     data: DataParams = Field(default_factory=DataParams)
     validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")

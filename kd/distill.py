@@ -35,19 +35,26 @@ class LogProbs(nn.Module):
         return self.model(x).log_softmax(1)
 
 
-def _epoch_views(seed: int, epoch: int, n: int, n_views: int) -> np.ndarray:
-    """Which cached view each sample shows this epoch (the same for cached and online runs)."""
-    if n_views == 1:
-        return np.zeros(n, np.int64)
-    return np.random.default_rng([seed, epoch, 1]).integers(0, n_views, n)
+class EpochViews:
+    """Which cached view each sample shows in an epoch: drawn once per epoch, the same for cached and
+    online runs, so both train on identical inputs."""
+
+    def __init__(self, seed: int, n: int, n_views: int):
+        self.seed, self.n, self.n_views = seed, n, n_views
+        self._epoch, self._views = -1, np.zeros(n, np.int64)
+
+    def __call__(self, epoch: int, idx: np.ndarray) -> np.ndarray:
+        if self.n_views > 1 and epoch != self._epoch:
+            self._epoch, self._views = epoch, np.random.default_rng([self.seed, epoch, 1]).integers(0, self.n_views, self.n)
+        return self._views[idx]
 
 
 def cached_batches(x: np.ndarray, y: np.ndarray, targets: SoftTargets, noise_std: float, seed: int) -> BatchFn:
-    plain = targets.views == 1
+    views = EpochViews(seed, len(x), targets.views)
 
     def batch(idx: np.ndarray, epoch: int) -> dict:
-        view = _epoch_views(seed, epoch, len(x), targets.views)[idx]
-        xb = x[idx] if plain else augment.apply(x, idx, view, targets.view_params, noise_std)
+        view = views(epoch, idx)
+        xb = x[idx] if targets.views == 1 else augment.apply(x, idx, view, targets.view_params, noise_std)
         return {"x": torch.from_numpy(xb), "y": torch.from_numpy(y[idx]), "t": torch.from_numpy(targets.logp(idx, view))}
 
     return batch
@@ -55,11 +62,11 @@ def cached_batches(x: np.ndarray, y: np.ndarray, targets: SoftTargets, noise_std
 
 def online_batches(x: np.ndarray, y: np.ndarray, teacher: nn.Module, tap: FeatureTap | None, layer: str,
                    view_params: dict, n_views: int, noise_std: float, seed: int) -> BatchFn:
-    plain = n_views == 1
+    views = EpochViews(seed, len(x), n_views)
 
     def batch(idx: np.ndarray, epoch: int) -> dict:
-        view = _epoch_views(seed, epoch, len(x), n_views)[idx]
-        xb = torch.from_numpy(x[idx] if plain else augment.apply(x, idx, view, view_params, noise_std))
+        view = views(epoch, idx)
+        xb = torch.from_numpy(x[idx] if n_views == 1 else augment.apply(x, idx, view, view_params, noise_std))
         with torch.no_grad():
             t = teacher(xb)
         out = {"x": xb, "y": torch.from_numpy(y[idx]), "t": t}
@@ -77,7 +84,7 @@ def distill_one(prep: Prepared, spec: ModelSpec, teacher: nn.Module, targets: So
     x, y = prep.distill_inputs(), prep.distill_labels()
     torch.manual_seed(seed)
     student = models.build(spec, prep.input_shape, prep.n_classes)
-    feature_model = feature_model or teacher
+    feature_model = feature_model or getattr(teacher, "feature_model", teacher)
     s_layer, t_layer = d.hint_layer_student or "features", d.hint_layer_teacher or "features"
     needs_features = any(name in losses.FEATURE_LOSSES for name in d.losses)
     s_tap = t_tap = None

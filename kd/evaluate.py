@@ -87,7 +87,7 @@ def evaluate(prep: Prepared, teacher_dir: Path, models_dir: Path, p: Params, rep
         onnx_path = to_onnx(student, x.shape[1], export_dir / "student.onnx")
         int8_path = quantize_int8(onnx_path, export_dir / "student_int8.onnx")
         for name, path in (("student_onnx", onnx_path), ("student_onnx_int8", int8_path)):
-            m = OnnxModel(path)
+            m = OnnxModel(path, threads=p.threads)
             candidates[name] = (m, models.param_count(student), m.size_bytes)
     logits = {name: batched(fn, x) for name, (fn, _, _) in candidates.items()}
     teacher_pred = logits["teacher"].argmax(1)

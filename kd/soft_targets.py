@@ -4,7 +4,7 @@ memory-mapped on read.
 Layout of `cache/soft_targets/`:
 - `shard-NNNNN.logp.npy`: (rows, views, C) teacher log-probabilities, or (rows, views, k) with top-k;
 - `shard-NNNNN.idx.npy`: (rows, views, k) class indices of the kept entries (top-k only);
-- `views.npz`: the augmentation parameters of every view (`kd.augment`);
+- `views.npz`: the augmentation parameters of every view (`kd.augment`), only when `views > 1`;
 - `manifest.json`: the cache key, shapes and a sha256 per file — written last, atomically: it is the
   commit point. A cache without a manifest, with a different key, or with a file whose checksum does not
   match is never used; `build` regenerates exactly the shards that are missing or corrupt.
@@ -50,6 +50,11 @@ def sha256_file(path: Path, chunk: int = 1 << 23) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def index_dtype(n_classes: int) -> np.dtype:
+    """Top-k class indices take 2 bytes up to 32,767 classes."""
+    return np.dtype(np.int16 if n_classes <= np.iinfo(np.int16).max else np.int32)
 
 
 def _shard_files(i: int, top_k: int) -> list[str]:
@@ -104,17 +109,17 @@ def build(
         for p in root.glob("shard-*.npy"):
             p.unlink()
     (root / MANIFEST).unlink(missing_ok=True)  # from here on the cache is uncommitted
-    views = view_params(root, n, sp, seed)
+    views = view_params(root, n, sp, seed) if sp.views > 1 else None
     dtype = np.dtype(sp.dtype)
     t0 = time.perf_counter()
     for s in todo:
         lo, hi = s * sp.shard_size, min(n, (s + 1) * sp.shard_size)
         out = np.empty((hi - lo, sp.views, k or n_classes), dtype)
-        idx_out = np.empty((hi - lo, sp.views, k), np.int32) if k else None
+        idx_out = np.empty((hi - lo, sp.views, k), index_dtype(n_classes)) if k else None
         for b in range(lo, hi, sp.batch_size):
             rows = np.arange(b, min(hi, b + sp.batch_size))
             for v in range(sp.views):
-                xb = augment.apply(x_all, rows, np.full(len(rows), v), views, sp.augment.noise_std)
+                xb = x_all[rows] if views is None else augment.apply(x_all, rows, np.full(len(rows), v), views, sp.augment.noise_std)
                 logp = np.asarray(teacher_fn(xb), dtype=np.float32)
                 if k:
                     top = np.argpartition(-logp, k - 1, axis=1)[:, :k]
@@ -125,7 +130,7 @@ def build(
         _save_npy(root / _shard_files(s, k)[0], out)
         if k:
             _save_npy(root / _shard_files(s, k)[1], idx_out)
-    files = [f for s in range(n_shards) for f in _shard_files(s, k)] + ["views.npz"]
+    files = [f for s in range(n_shards) for f in _shard_files(s, k)] + (["views.npz"] if sp.views > 1 else [])
     manifest = {
         "format": FORMAT_VERSION, "key": key, "n": n, "n_classes": n_classes, "views": sp.views, "top_k": k,
         "dtype": sp.dtype, "shard_size": sp.shard_size, "n_shards": n_shards,
@@ -181,24 +186,27 @@ class SoftTargets:
         self.shard_size = m["shard_size"]
         self._logp = [np.load(self.root / _shard_files(s, self.k)[0], mmap_mode="r") for s in range(m["n_shards"])]
         self._idx = [np.load(self.root / _shard_files(s, self.k)[1], mmap_mode="r") for s in range(m["n_shards"])] if self.k else []
-        with np.load(self.root / "views.npz") as z:
-            self.view_params = {name: z[name] for name in z.files}
+        self.view_params: dict[str, np.ndarray] = {}
+        if self.views > 1:  # with one view every input is the clean sample: nothing is stored
+            with np.load(self.root / "views.npz") as z:
+                self.view_params = {name: z[name] for name in z.files}
 
     def raw(self, idx: np.ndarray, view: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Stored values (and top-k indices) for rows `idx` at views `view`, as float32/int64."""
-        idx = np.asarray(idx)
+        idx, view = np.asarray(idx), np.asarray(view)
+        if len(self._logp) == 1:  # the common case: one shard, one fancy-indexed read
+            return np.asarray(self._logp[0][idx, view], np.float32), (np.asarray(self._idx[0][idx, view], np.int64) if self.k else None)
         vals = np.empty((len(idx), self.k or self.n_classes), np.float32)
         inds = np.empty((len(idx), self.k), np.int64) if self.k else None
-        shard, off = np.divmod(idx, self.shard_size)
-        for s in np.unique(shard):
-            m = shard == s
-            # sorted offsets read the memory map sequentially
-            order = np.argsort(off[m])
-            rows, vs = off[m][order], np.asarray(view)[m][order]
-            dest = np.flatnonzero(m)[order]
-            vals[dest] = self._logp[s][rows, vs]
-            if self.k:
-                inds[dest] = self._idx[s][rows, vs]
+        order = np.argsort(idx, kind="stable")  # sorted rows read each memory map sequentially
+        sidx = idx[order]
+        edges = np.searchsorted(sidx, np.arange(1, len(self._logp)) * self.shard_size)
+        for s, seg in enumerate(np.split(np.arange(len(idx)), edges)):
+            if len(seg):
+                dest, rows = order[seg], sidx[seg] - s * self.shard_size
+                vals[dest] = self._logp[s][rows, view[dest]]
+                if self.k:
+                    inds[dest] = self._idx[s][rows, view[dest]]
         return vals, inds
 
     def logp(self, idx: np.ndarray, view: np.ndarray | int = 0) -> np.ndarray:

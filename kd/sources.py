@@ -82,11 +82,11 @@ def _tabular(df: pd.DataFrame, p: DataParams, origin: str) -> RawData:
             f"{origin}: missing label column {p.label_column!r}; columns are {list(df.columns)[:10]} "
             "(set data.label_column)"
         )
-    missing = [c for c in p.sensitive_columns + p.categorical_columns if c not in df.columns]
+    missing = [c for c in p.feature_columns + p.sensitive_columns + p.categorical_columns if c not in df.columns]
     if missing:
-        raise DataError(f"{origin}: configured column(s) {missing} not in the file; columns are {list(df.columns)[:10]}")
+        raise DataError(f"{origin}: missing column(s) {missing} that the config names; the file has {list(df.columns)[:12]}")
     excluded = {p.label_column} | (set() if p.sensitive_as_features else set(p.sensitive_columns))
-    features = [c for c in df.columns if c not in excluded]
+    features = list(p.feature_columns) or [c for c in df.columns if c not in excluded]
     if not features:
         raise DataError(f"{origin}: no feature columns left besides the label and sensitive columns")
     return RawData(df, p.label_column, features, list(p.sensitive_columns), origin=origin)

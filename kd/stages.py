@@ -99,5 +99,8 @@ STAGES: dict[str, Callable[[Path, Params], dict]] = {
 def run(name: str, root: Path, p: Params) -> dict:
     if name not in STAGES:
         raise KeyError(f"unknown stage {name!r}; expected one of {', '.join(STAGES)}")
+    import torch
+
+    torch.set_num_threads(p.threads)  # small models: thread hand-offs cost more than they save
     result = STAGES[name](Path(root), p)
     return json.loads(json.dumps(result, default=str))
