@@ -16,7 +16,7 @@ fixed per-step cost weighs most on the smallest step.
 
 (ii) Bytes per sample of the cache as `soft_targets.build` writes it (random linear teacher), for
 fp32 / fp16 full rows and fp16 top-5, at 10 and 100 classes: the targets (logp + top-k indices) and the
-per-sample view parameters (`views.npz`) that every cache also stores.
+per-sample view parameters (`views.npz`), stored only when a cache holds more than one view (0 here).
 
 Run: python benchmarks/cache.py [--quick]   (full: about 1 minute on 2 cores)
 """
@@ -38,7 +38,7 @@ from _common import md_table, write_json
 import kd.distill
 from kd import data, models, sources
 from kd.config import ModelSpec, SoftTargetParams, parse_params
-from kd.soft_targets import SoftTargets, build, cache_key
+from kd.soft_targets import index_dtype, SoftTargets, build, cache_key
 from kd.teacher import Teacher, predict_logp
 from kd.training import cross_entropy_loss, fit, hard_label_batches
 
@@ -112,8 +112,8 @@ def bytes_per_sample(n: int, tmp: Path) -> list[dict]:
             sizes = SoftTargets(root).manifest["sizes"]
             targets = sum(v for f, v in sizes.items() if f.startswith("shard-"))
             rows.append({"classes": n_classes, "format": f"{'fp32' if dtype == 'float32' else 'fp16'} " + (f"top-{k}" if k else "full"),
-                         "expected_target_bytes": (k or n_classes) * np.dtype(dtype).itemsize + k * 4,
-                         "target_bytes": targets / n, "views_bytes": sizes["views.npz"] / n, "total_bytes": sum(sizes.values()) / n})
+                         "expected_target_bytes": (k or n_classes) * np.dtype(dtype).itemsize + k * index_dtype(n_classes).itemsize,
+                         "target_bytes": targets / n, "views_bytes": sizes.get("views.npz", 0) / n, "total_bytes": sum(sizes.values()) / n})
     return rows
 
 

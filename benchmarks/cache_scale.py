@@ -154,7 +154,6 @@ def main() -> None:
         ["`build`'s own timer (shards + manifest)", f"{b['build_seconds']:.1f} s"],
         ["cache on disk (all files)", f"{on_disk / mib:.1f} MiB ({on_disk / n:.1f} B/sample)"],
         ["  of which targets (shard-*.logp.npy)", f"{targets / mib:.1f} MiB ({targets / n:.1f} B/sample)"],
-        ["  of which views.npz", f"{sizes['views.npz'] / mib:.1f} MiB ({sizes['views.npz'] / n:.1f} B/sample)"],
         ["builder peak RSS (fresh process)", f"{b['peak_rss_mib']:.0f} MiB (after imports {b['rss_after_imports_mib']:.0f} MiB)"],
         ["reader: open with verify=True", f"{r['open_verify_seconds']:.2f} s"],
         [f"reader: random batches of {BATCH} via SoftTargets.logp", (f"{rate:,.0f} samples/s (median of {repeats} x {batches * BATCH:,} rows; "
@@ -165,7 +164,7 @@ def main() -> None:
         ["reader RssFile (mapped files): after imports / at end", f"{r['after_imports']['RssFile']:.0f} / {r['end']['RssFile']:.0f} MiB"],
     ]))
     out = write_json("cache_scale", {"n": n, "n_classes": N_CLASSES, "inputs_generate_seconds": gen_s, "build": b,
-                                     "bytes_on_disk": on_disk, "bytes_targets": targets, "bytes_views": sizes["views.npz"],
+                                     "bytes_on_disk": on_disk, "bytes_targets": targets, "bytes_views": sizes.get("views.npz", 0),
                                      "read": r, "read_samples_per_s_median": rate}, args.quick)
     print(f"\nwrote {out}", file=sys.stderr)
 

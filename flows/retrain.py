@@ -85,7 +85,7 @@ def register(root: str, p, runs: list[dict]) -> dict:
     return publish(Path(root), p, runs)
 
 
-@flow(name="kd-retrain", log_prints=True)
+@flow(name="kd-retrain")
 def retrain(root: str = ".", force: bool = False, push_remote: bool = True) -> dict:
     """Validate -> teacher -> soft targets -> distil -> evaluate -> checks, then register and gate."""
     root = str(Path(root).resolve())
@@ -97,5 +97,5 @@ def retrain(root: str = ".", force: bool = False, push_remote: bool = True) -> d
     if push_remote:
         result["dvc_pushed"] = push(root)
     create_markdown_artifact(key="kd-retrain-summary", markdown=result["markdown"], description="kd retrain: results and gate decisions")
-    print(result["markdown"])
+    get_run_logger().info("%s", result["note"])
     return result

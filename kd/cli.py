@@ -70,7 +70,7 @@ def stage(
         errors.parent.mkdir(parents=True, exist_ok=True)
         errors.write_text(str(err))
         _fail(err)
-    typer.echo(json.dumps(result, indent=2))
+    typer.echo(json.dumps(result))
 
 
 @app.command("run")
@@ -90,12 +90,33 @@ def run_pipeline(
                               "DVC needs every one present (an empty section such as 'soft_targets: {}' is enough)")
     except _user_errors() as err:
         _fail(err)
+    if not force and _nothing_to_do(root.resolve()):
+        return
     from flows.retrain import retrain
 
     state = retrain(root=str(root.resolve()), force=force, push_remote=push, return_state=True)
     if state.is_failed():
-        typer.secho(f"error: the retrain flow failed: {state.message}", fg=typer.colors.RED, err=True)
+        reason = state.result(raise_on_failure=False)
+        typer.secho(f"error: the retrain flow failed: {reason}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
+    typer.echo("\n" + state.result()["markdown"])
+
+
+def _nothing_to_do(root: Path) -> bool:
+    """Like make's 'nothing to be done': every stage is up to date and this student is already
+    published, so no flow run is started (a scheduled deployment run still goes through the flow)."""
+    from kd.publish import already_published, unchanged_result
+    from kd.stages import STAGES, out_of_date
+
+    p = _params(root, None)
+    if not (root / "dvc.lock").exists() or out_of_date(root):
+        return False
+    runs = [{"stage": s, "ran": False, "seconds": 0.0} for s in STAGES]
+    last = already_published(root, p, runs)
+    if last is None:
+        return False
+    typer.echo(unchanged_result(root, p, runs, last)["markdown"])
+    return True
 
 
 @app.command()

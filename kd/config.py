@@ -304,8 +304,6 @@ class GateParams(Section):
 
     min_accuracy: float = Field(0.0, ge=0, le=1)
     """student test accuracy at least this"""
-    max_ece: float = Field(1.0, ge=0, le=1)
-    """student test ECE at most this"""
     max_latency_ms: float = Field(1e9, gt=0)
     """student p50 latency at batch 1 at most this"""
     max_size_bytes: int = Field(10**12, gt=0)

@@ -58,12 +58,16 @@ def publish(root: Path, p: Params, runs: list[dict]) -> dict:
     root = Path(root)
     P = p.paths
     last = already_published(root, p, runs)
-    if last is not None:
-        note = f"nothing changed since run {last['run_id']}: the student is version {last['version']} (promoted: {last['promoted']})"
-        metrics = _load_json(root / P.reports / "metrics.json")
-        table = (root / P.publish / "gates.md").read_text() if (root / P.publish / "gates.md").exists() else ""
-        return last | {"note": note, "stages": runs, "markdown": summary_markdown(runs, metrics, table, p.registry.model_name, note)}
-    return _publish(root, p, runs)
+    return unchanged_result(root, p, runs, last) if last is not None else _publish(root, p, runs)
+
+
+def unchanged_result(root: Path, p: Params, runs: list[dict], last: dict) -> dict:
+    """The summary of a run that changed nothing: the last publish's decision, restated."""
+    note = f"nothing changed since run {last['run_id']}: the student is version {last['version']} (promoted: {last['promoted']})"
+    gates_md = root / p.paths.publish / "gates.md"
+    table = gates_md.read_text() if gates_md.exists() else ""
+    metrics = _load_json(root / p.paths.reports / "metrics.json")
+    return last | {"note": note, "stages": runs, "markdown": summary_markdown(runs, metrics, table, p.registry.model_name, note)}
 
 
 def _publish(root: Path, p: Params, runs: list[dict]) -> dict:
@@ -111,6 +115,7 @@ def _publish(root: Path, p: Params, runs: list[dict]) -> dict:
         (root / P.publish / "gates.md").write_text(table + "\n")
         reg.log_artifacts(root / P.publish / "gates.md")
         blocked = G.blocked(gate_list)
+        reg.set_tags({f"gate.{g.name}": g.decision for g in gate_list})
 
         if existing is not None:
             version, promoted, note = existing, False, f"student unchanged (DVC {student_hash[:8]}): already version {existing}"

@@ -100,7 +100,11 @@ class Registry:
     @staticmethod
     def log_input(features, targets, name: str, digest: str, source: str, context: str) -> None:
         """Record a data set used by the run (`mlflow.log_input`), identified by its DVC hash."""
-        ds = mlflow.data.from_numpy(features, targets=targets, name=name, digest=digest[:36], source=source)
+        import warnings
+
+        with warnings.catch_warnings():  # a local path matches two equivalent source types; MLflow picks one
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            ds = mlflow.data.from_numpy(features, targets=targets, name=name, digest=digest[:36], source=source)
         mlflow.log_input(ds, context=context)
 
     def find_run(self, tags: dict[str, str]) -> str | None:
@@ -151,10 +155,9 @@ class Registry:
 
     def record_gates(self, version: str, gates: list[Gate]) -> None:
         for g in gates:
-            decision = "skipped" if g.action == "skip" else ("pass" if g.passed else ("fail" if g.action == "fail" else "warn"))
             value = "" if g.value is None else f" value={g.value:.6g}"
             threshold = "" if g.threshold is None else f" threshold={g.threshold:.6g}"
-            self.client.set_model_version_tag(self.name, version, f"gate.{g.name}", f"{decision}{value}{threshold}")
+            self.client.set_model_version_tag(self.name, version, f"gate.{g.name}", f"{g.decision}{value}{threshold}")
         failed = [g.name for g in gates if g.blocks]
         self.client.set_model_version_tag(self.name, version, "gates.passed", str(not failed).lower())
         self.client.set_model_version_tag(self.name, version, "gates.failed", ",".join(failed) or "none")

@@ -58,10 +58,12 @@ def distill(root: Path, p: Params) -> dict:
     from kd import data, distill as kd_distill
 
     prep = data.load(_path(root, p.paths.prepared))
-    return kd_distill.distill(
+    summary = kd_distill.distill(
         prep, _path(root, p.paths.teacher), _path(root, p.paths.soft_targets), p, _path(root, p.paths.models),
         _path(root, p.paths.checkpoints),
     )
+    summary["stages"] = [{k: v for k, v in s.items() if k != "history"} for s in summary["stages"]]  # history: distill.json
+    return summary
 
 
 def evaluate(root: Path, p: Params) -> dict:
@@ -94,6 +96,17 @@ STAGES: dict[str, Callable[[Path, Params], dict]] = {
     "evaluate": evaluate,
     "checks": checks,
 }
+
+
+def out_of_date(root: Path) -> list[str]:
+    """The stages DVC would re-run now (changed deps, params or outs), in pipeline order."""
+    import contextlib
+
+    from dvc.repo import Repo
+
+    with contextlib.chdir(root), Repo(str(root)) as repo:  # DVC resolves paths from the cwd
+        changed = set(repo.status())
+    return [name for name in STAGES if name in changed]
 
 
 def run(name: str, root: Path, p: Params) -> dict:

@@ -88,9 +88,15 @@ def test_champion_loads_from_the_registry_and_predicts(project):
 
 def test_noop_rerun_skips_every_stage_and_leaves_the_registry_alone(project):
     before = _versions(project)
-    result = _run(project)
+    client = _client(project)
+    n_runs = len(client.search_runs([client.get_experiment_by_name("kd").experiment_id]))
+    result = _run(project)  # the flow: every task asks DVC and skips
     assert _ran(result) == dict.fromkeys(STAGES, False)
     assert _versions(project) == before and _champion(project) == "1"
+    # `kd run` sees the same from DVC's status and the publish record, and starts no flow at all
+    out = subprocess.run(["kd", "run", "--root", str(project)], capture_output=True, text=True)
+    assert out.returncode == 0 and "nothing changed since run" in out.stdout and "validate: skipped" in out.stdout
+    assert len(client.search_runs([client.get_experiment_by_name("kd").experiment_id])) == n_runs
 
 
 def test_student_change_reruns_only_downstream_and_reuses_the_cache(project):
@@ -104,6 +110,8 @@ def test_student_change_reruns_only_downstream_and_reuses_the_cache(project):
     assert result["version"] == "2"
     mv = _client(project).get_model_version("kd-student", "2")
     assert not mv.tags["gate.champion_delta"].startswith("skipped")  # compared against version 1
+    assert mv.tags["gate.drift_reference"].startswith("pass")  # same data as the champion's
+    assert _client(project).get_run(result["run_id"]).data.tags["gate.champion_delta"] in ("pass", "fail")
     assert mv.tags["teacher_run_id"] == _client(project).get_model_version("kd-student", "1").tags["teacher_run_id"]
 
 
