@@ -144,7 +144,9 @@ class Registry:
             self.client.get_registered_model(self.name)
         except MlflowException:
             self.client.create_registered_model(self.name, description="Students distilled by kd; @champion serves.")
-        mv = self.client.create_model_version(self.name, model_uri, run_id=run_id, tags={k: str(v) for k, v in tags.items()})
+        # register_model links the logged model (models:/m-...) as a tracking server requires;
+        # the run is recorded as a tag so the version can be traced to its pipeline run.
+        mv = mlflow.register_model(model_uri, self.name, tags={k: str(v) for k, v in tags.items()} | {"pipeline_run_id": run_id})
         return str(mv.version)
 
     def find_version(self, tag: str, value: str) -> str | None:

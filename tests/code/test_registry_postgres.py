@@ -1,6 +1,12 @@
-"""The registry adapter against a real PostgreSQL backend store (the production layout in infra/):
-versions, gate tags, promotion only by `promote`, rollback. Uses a throwaway database."""
+"""The registry adapter against the production layout of infra/: PostgreSQL as the backend store, used
+directly and through a real `mlflow server` process. Versions, gate tags, promotion only by `promote`,
+rollback. Uses a throwaway database."""
 
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 
 import numpy as np
@@ -28,10 +34,39 @@ def pg_uri():
     admin.close()
 
 
-def test_register_gate_promote_rollback_on_postgres(pg_uri, tmp_path):
+@pytest.fixture
+def mlflow_server(pg_uri, tmp_path):
+    """`mlflow server` on a free local port, PostgreSQL backend, artifacts proxied to a temp dir."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", pg_uri, "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start within 60 s")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("through", ["store", "server"])
+def test_register_gate_promote_rollback_on_postgres(request, through, tmp_path):
     from kd.registry import Registry, RegistryError
 
-    reg = Registry(RegistryParams(tracking_uri=pg_uri, experiment=f"kd-{uuid.uuid4().hex[:6]}"), tmp_path)
+    uri = request.getfixturevalue("pg_uri" if through == "store" else "mlflow_server")
+    reg = Registry(RegistryParams(tracking_uri=uri, experiment=f"kd-{uuid.uuid4().hex[:6]}"), tmp_path)
     # artifacts go to a local directory; the backend store (runs, registry) is PostgreSQL
     reg.client.set_experiment_tag(reg.experiment_id(), "purpose", "test")
     model = torch.nn.Sequential(torch.nn.Linear(4, 3))
@@ -58,3 +93,7 @@ def test_register_gate_promote_rollback_on_postgres(pg_uri, tmp_path):
         reg.rollback("twice")
     assert reg.find_version("dvc.models", "h1") == "2"
     assert "| 1 | champion |" in reg.describe()
+    import mlflow.pytorch
+
+    champion = mlflow.pytorch.load_model(f"models:/{reg.name}@champion")
+    assert champion(torch.zeros(2, 4)).shape == (2, 3)
