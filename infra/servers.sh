@@ -30,7 +30,11 @@ case "${1:-}" in
     ;;
   stop)
     for name in worker prefect mlflow; do
-      [ -f "$LOGS/$name.pid" ] && kill "$(cat "$LOGS/$name.pid")" 2>/dev/null || true
+      [ -f "$LOGS/$name.pid" ] || continue
+      pid=$(cat "$LOGS/$name.pid")
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 15); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+      kill -9 "$pid" 2>/dev/null || true   # still there after 15 s
       rm -f "$LOGS/$name.pid"
     done
     ;;

@@ -48,6 +48,15 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (ConfigError, DataError, CacheError, FileNotFoundError, ValueError)
 
 
+def _error_file(root: Path, p, stage: str) -> Path:
+    """Where a failed stage leaves its reason for the flow (DVC only reports that the command failed)."""
+    from kd.config import PathsParams
+
+    path = root / (p.paths if p is not None else PathsParams()).checkpoints / "errors" / f"{stage}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @app.command()
 def stage(
     name: Annotated[str, typer.Argument(help="validate | train_teacher | soft_targets | distill | evaluate | checks")],
@@ -59,17 +68,17 @@ def stage(
 
     if name not in STAGES:
         _fail(KeyError(f"unknown stage {name!r}; expected one of {', '.join(STAGES)}"))
-    errors = root.resolve() / "checkpoints" / "errors" / f"{name}.txt"
-    errors.unlink(missing_ok=True)
+    root, p = root.resolve(), None
     try:
         p = _params(root, overrides)
-        errors = root.resolve() / p.paths.checkpoints / "errors" / f"{name}.txt"
-        result = run(name, root.resolve(), p)
+        _error_file(root, p, name).unlink(missing_ok=True)
+        result = run(name, root, p)
     except _user_errors() as err:
-        # kept for the flow, which reports why a stage failed (DVC only says that it did)
-        errors.parent.mkdir(parents=True, exist_ok=True)
-        errors.write_text(str(err))
+        _error_file(root, p, name).write_text(str(err))
         _fail(err)
+    except Exception as err:  # a bug, not bad input: keep the traceback, still tell the flow why
+        _error_file(root, p, name).write_text(f"{type(err).__name__}: {err}")
+        raise
     typer.echo(json.dumps(result))
 
 
