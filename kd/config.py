@@ -314,6 +314,10 @@ class GateParams(Section):
 
 class RegistryParams(Section):
     tracking_uri: str = Field("", description="empty: sqlite:///<project>/mlflow.db")
+
+    def uri(self, root: str | Path) -> str:
+        """The tracking and registry URI: the configured one, or the project's SQLite file."""
+        return self.tracking_uri or f"sqlite:///{(Path(root) / 'mlflow.db').resolve()}"
     experiment: str = "kd"
     """MLflow experiment of the pipeline runs"""
     model_name: str = "kd-student"

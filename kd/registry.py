@@ -9,7 +9,6 @@ everything and no server is needed.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,6 @@ class RegistryError(RuntimeError):
     """A registry operation that cannot be done as asked; nothing was changed."""
 
 
-def default_tracking_uri(root: Path) -> str:
-    return f"sqlite:///{(Path(root) / 'mlflow.db').resolve()}"
-
-
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -42,7 +37,7 @@ class Registry:
     def __init__(self, rp: RegistryParams, root: Path):
         self.root = Path(root)
         self.name = rp.model_name
-        self.uri = rp.tracking_uri or default_tracking_uri(self.root)
+        self.uri = rp.uri(self.root)
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
         self.client = MlflowClient(self.uri, self.uri)
@@ -218,10 +213,8 @@ class Registry:
             return None
 
 
-def load_torch_model(uri: str):
-    """Load a PyTorch model logged to MLflow (e.g. `models:/kd-student@champion`)."""
+def load_torch_model(uri: str, tracking_uri: str):
+    """Load a PyTorch model logged to MLflow (e.g. `models:/kd-student@champion`) from that store."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
     return mlflow.pytorch.load_model(uri, map_location="cpu")
-
-
-def dumps(d: dict) -> str:
-    return json.dumps(d, indent=2, default=str)

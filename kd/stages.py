@@ -36,7 +36,7 @@ def train_teacher(root: Path, p: Params) -> dict:
     from kd import data, teacher
 
     prep = data.load(_path(root, p.paths.prepared))
-    return teacher.train_teacher(prep, p, _path(root, p.paths.teacher), _path(root, p.paths.checkpoints))
+    return teacher.train_teacher(prep, p, _path(root, p.paths.teacher), _path(root, p.paths.checkpoints), root)
 
 
 def soft_targets(root: Path, p: Params) -> dict:

@@ -40,6 +40,22 @@ class Teacher(nn.Module):
         return self.members[0]
 
 
+class InferenceOnly(nn.Module):
+    """An imported model that cannot switch train/eval (a torch.export program, as MLflow's pt2 format
+    loads): it is only ever run for inference, so the switch is not passed down to it."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def train(self, mode: bool = True) -> "InferenceOnly":
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
 def member_specs(p: Params) -> list[EnsembleMember]:
     t = p.teacher
     if t.mode == "ensemble":
@@ -47,10 +63,11 @@ def member_specs(p: Params) -> list[EnsembleMember]:
     return [EnsembleMember(**t.model.model_dump(), seed=p.seed)]
 
 
-def train_teacher(prep: Prepared, p: Params, out_dir: Path, ckpt_dir: Path | None = None) -> dict:
-    """Train the teacher (or every ensemble member) and write it to `out_dir`; return its summary."""
+def train_teacher(prep: Prepared, p: Params, out_dir: Path, ckpt_dir: Path | None = None, root: Path | None = None) -> dict:
+    """Train the teacher (or every ensemble member) and write it to `out_dir`; return its summary.
+    `root` locates the project's MLflow store when importing a teacher from it."""
     if p.teacher.mode == "import":
-        return import_teacher(prep, p, out_dir)
+        return import_teacher(prep, p, out_dir, root)
     out_dir.mkdir(parents=True, exist_ok=True)
     members, summaries = [], []
     for i, spec in enumerate(member_specs(p)):
@@ -69,14 +86,14 @@ def train_teacher(prep: Prepared, p: Params, out_dir: Path, ckpt_dir: Path | Non
     return _write_summary(Teacher(members, p.teacher.combine), prep, p, out_dir, summaries)
 
 
-def import_teacher(prep: Prepared, p: Params, out_dir: Path) -> dict:
+def import_teacher(prep: Prepared, p: Params, out_dir: Path, root: Path | None = None) -> dict:
     """Import a pre-trained teacher: a state_dict file (with p.teacher.model), TorchScript, or an MLflow URI."""
     t = p.teacher
     out_dir.mkdir(parents=True, exist_ok=True)
     if t.import_format == "mlflow":
         from kd import registry  # the MLflow adapter; imported only when asked for
 
-        model = registry.load_torch_model(t.import_uri)
+        model = InferenceOnly(registry.load_torch_model(t.import_uri, p.registry.uri(root or Path.cwd())))
     else:
         path = Path(t.import_uri)
         if not path.exists():
@@ -96,7 +113,11 @@ def import_teacher(prep: Prepared, p: Params, out_dir: Path) -> dict:
         out = model(torch.from_numpy(prep.x["val"][:2]))
     if out.shape[-1] != prep.n_classes:
         raise ValueError(f"imported teacher outputs {out.shape[-1]} classes, the data set has {prep.n_classes}")
-    if isinstance(model, torch.jit.ScriptModule):
+    if isinstance(model, InferenceOnly):  # a torch.export program: saved as one, batch axis dynamic
+        example = torch.from_numpy(prep.x["val"][:4])
+        program = torch.export.export(model.model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+        torch.export.save(program, str(out_dir / "member-0.pt2"))
+    elif isinstance(model, torch.jit.ScriptModule):
         model.save(str(out_dir / "member-0.torchscript"))
     else:
         torch.save(model, out_dir / "member-0.module.pt")
@@ -130,6 +151,8 @@ def load_teacher(path: Path) -> tuple[Teacher, dict]:
     for i in range(summary["n_members"]):
         if (path / f"member-{i}.pt").exists():
             members.append(models.load(path / f"member-{i}.pt")[0])
+        elif (path / f"member-{i}.pt2").exists():
+            members.append(InferenceOnly(torch.export.load(str(path / f"member-{i}.pt2")).module()))
         elif (path / f"member-{i}.torchscript").exists():
             members.append(torch.jit.load(str(path / f"member-{i}.torchscript"), map_location="cpu"))
         else:

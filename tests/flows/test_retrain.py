@@ -86,6 +86,22 @@ def test_champion_loads_from_the_registry_and_predicts(project):
     assert acc == pytest.approx(metrics["student"]["accuracy"], abs=1e-6)
 
 
+def test_the_champion_can_be_imported_as_a_teacher(project, tmp_path):
+    """teacher.mode 'import' with an MLflow URI: the registered student teaches the next student."""
+    from kd import data, models, teacher
+    from kd.config import load_params
+
+    p = load_params(project / "params.yaml", ["teacher.mode=import", "teacher.import_format=mlflow",
+                                              "teacher.import_uri=models:/kd-student@champion"])
+    prep = data.load(project / "data/prepared")
+    summary = teacher.train_teacher(prep, p, tmp_path / "imported", root=project)
+    imported, _ = teacher.load_teacher(tmp_path / "imported")
+    student, _ = models.load(project / "models/distilled/student/model.pt")
+    logp = teacher.predict_logp(imported, prep.x["test"])
+    assert (logp.argmax(1) == teacher.predict_logp(student, prep.x["test"]).argmax(1)).all()
+    assert summary["val_accuracy"] > 0.5 and summary["members"][0]["format"] == "mlflow"
+
+
 def test_noop_rerun_skips_every_stage_and_leaves_the_registry_alone(project):
     before = _versions(project)
     client = _client(project)
