@@ -17,11 +17,11 @@ for _var, _val in {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS
                    "GX_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}.items():
     os.environ.setdefault(_var, _val)
 
-from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 
-from kd.config import load_params  # noqa: E402
-from kd.stages import STAGES  # noqa: E402
+from kd.config import load_params
+from kd.stages import STAGES, error_file
 
 
 class StageFailed(RuntimeError):
@@ -58,7 +58,7 @@ def reproduce(root: str, stage: str, force: bool = False) -> dict:
             try:
                 repo.reproduce(stage, single_item=True, force=force)
             except ReproductionError as err:
-                why = Path(root) / load_params(Path(root) / "params.yaml").paths.checkpoints / "errors" / f"{stage}.txt"
+                why = error_file(Path(root), load_params(Path(root) / "params.yaml"), stage)
                 detail = why.read_text() if why.exists() else f"see the output of 'kd stage {stage}' above ({err.__cause__})"
                 raise StageFailed(f"stage {stage} failed: {detail}") from None
         else:

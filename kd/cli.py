@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -26,7 +26,7 @@ for _var, _val in {
 app = typer.Typer(help="kd: distil a large teacher into a small student, as a repeatable, gated pipeline.", no_args_is_help=True, add_completion=False)
 
 Root = Annotated[Path, typer.Option("--root", help="project root holding params.yaml and dvc.yaml")]
-Overrides = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a param, e.g. -s student.train.epochs=5")]
+Overrides = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a param, e.g. -s student.train.epochs=5")]
 
 
 def _fail(err: Exception) -> None:
@@ -48,15 +48,6 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (ConfigError, DataError, CacheError, FileNotFoundError, ValueError)
 
 
-def _error_file(root: Path, p, stage: str) -> Path:
-    """Where a failed stage leaves its reason for the flow (DVC only reports that the command failed)."""
-    from kd.config import PathsParams
-
-    path = root / (p.paths if p is not None else PathsParams()).checkpoints / "errors" / f"{stage}.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 @app.command()
 def stage(
     name: Annotated[str, typer.Argument(help="validate | train_teacher | soft_targets | distill | evaluate | checks")],
@@ -64,20 +55,20 @@ def stage(
     overrides: Overrides = None,
 ) -> None:
     """Run one pipeline stage (what each dvc.yaml stage calls)."""
-    from kd.stages import STAGES, run
+    from kd.stages import STAGES, error_file, run
 
     if name not in STAGES:
         _fail(KeyError(f"unknown stage {name!r}; expected one of {', '.join(STAGES)}"))
     root, p = root.resolve(), None
     try:
         p = _params(root, overrides)
-        _error_file(root, p, name).unlink(missing_ok=True)
+        error_file(root, p, name).unlink(missing_ok=True)
         result = run(name, root, p)
     except _user_errors() as err:
-        _error_file(root, p, name).write_text(str(err))
+        error_file(root, p, name).write_text(str(err))
         _fail(err)
     except Exception as err:  # a bug, not bad input: keep the traceback, still tell the flow why
-        _error_file(root, p, name).write_text(f"{type(err).__name__}: {err}")
+        error_file(root, p, name).write_text(f"{type(err).__name__}: {err}")
         raise
     typer.echo(json.dumps(result))
 
@@ -89,7 +80,8 @@ def run_pipeline(
     push: Annotated[bool, typer.Option(help="push data, teacher, cache and models to the DVC remote")] = True,
 ) -> None:
     """Run the retraining flow on params.yaml: DVC stages under Prefect, MLflow tracking, gated registration."""
-    from kd.config import ConfigError, missing_dvc_params
+    from kd.config import ConfigError
+    from kd.stages import missing_dvc_params
 
     try:
         _params(root, None)  # fail fast, before any server or stage starts, on a bad params.yaml

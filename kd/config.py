@@ -84,7 +84,7 @@ class DataParams(Section):
         raise ValueError(f"unknown data source {v!r}; expected one of sklearn:digits, synthetic, csv:PATH, parquet:PATH, npz:PATH")
 
     @model_validator(mode="after")
-    def _fractions(self) -> "DataParams":
+    def _fractions(self) -> DataParams:
         if self.val_fraction + self.test_fraction >= 0.8:
             raise ValueError("val_fraction + test_fraction must leave at least 20% for training")
         return self
@@ -169,7 +169,7 @@ class TeacherParams(Section):
     """training settings of the teacher (each member)"""
 
     @model_validator(mode="after")
-    def _mode_needs(self) -> "TeacherParams":
+    def _mode_needs(self) -> TeacherParams:
         if self.mode == "ensemble" and len(self.members) < 2:
             raise ValueError("teacher.mode 'ensemble' needs at least 2 entries in teacher.members")
         if self.mode == "import" and not self.import_uri:
@@ -425,32 +425,6 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
                 raise ConfigError(f"override {item!r}: {p} is not a section")
         node[parts[-1]] = yaml.safe_load(value)
     return parse_params(raw, str(path))
-
-
-def missing_dvc_params(root: str | Path) -> list[str]:
-    """Params that `dvc.yaml` stages depend on but `params.yaml` does not spell out.
-
-    DVC requires every listed key, and every `${...}` value it templates, to be present in the file
-    (a default is not enough), so
-    `kd run` checks this first and says which keys to add (`section: {}` is enough).
-    """
-    import re
-
-    root = Path(root)
-    text = (root / "dvc.yaml").read_text()
-    stages = (yaml.safe_load(text) or {}).get("stages", {})
-    raw = yaml.safe_load((root / "params.yaml").read_text()) if (root / "params.yaml").exists() else {}
-    wanted = set(re.findall(r"\$\{\s*([\w.]+)\s*\}", text))  # templated values, e.g. ${paths.prepared}
-    wanted |= {item for stage in stages.values() for item in stage.get("params", []) if isinstance(item, str)}
-    missing = []
-    for item in wanted:
-        node: Any = raw or {}
-        for part in item.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-            if node is None:
-                missing.append(item)
-                break
-    return sorted(missing)
 
 
 def reference_markdown() -> str:

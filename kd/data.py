@@ -63,7 +63,7 @@ class Preprocessor:
         return self.numeric + [f"{c}={v}" for c, vs in self.categories.items() for v in vs]
 
     @classmethod
-    def fit(cls, train: pd.DataFrame, features: list[str], label: str, p: DataParams) -> "Preprocessor":
+    def fit(cls, train: pd.DataFrame, features: list[str], label: str, p: DataParams) -> Preprocessor:
         numeric = [c for c in features if c not in p.categorical_columns]
         x = _numeric(train, numeric, "training split")
         mean, std = x.mean(0), x.std(0)
@@ -188,7 +188,7 @@ def save(prep: Prepared, out: Path) -> str:
         "input_shape": list(prep.input_shape),
         "sensitive": sorted({a for s in SPLITS for a in prep.groups[s]}),
         "preprocessor": prep.preprocessor.__dict__,
-        "sizes": {s: int(len(prep.y[s])) for s in SPLITS} | {"transfer": 0 if prep.x_transfer is None else len(prep.x_transfer)},
+        "sizes": {s: len(prep.y[s]) for s in SPLITS} | {"transfer": 0 if prep.x_transfer is None else len(prep.x_transfer)},
     } | prep.meta
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return digest

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -103,7 +103,7 @@ def evaluate(prep: Prepared, teacher_dir: Path, models_dir: Path, p: Params, rep
         "compression": t["size_bytes"] / max(s["size_bytes"], 1),
         "speedup_p50": t["latency_ms_p50"] / max(s["latency_ms_p50"], 1e-9),
         "student_minus_scratch": s["accuracy"] - metrics["scratch"]["accuracy"],
-        "n_test": int(len(y)),
+        "n_test": len(y),
     }
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -56,7 +56,6 @@ def already_published(root: Path, p: Params, runs: list[dict]) -> dict | None:
 def publish(root: Path, p: Params, runs: list[dict]) -> dict:
     """Log the pipeline run, register the student and apply the gates; a no-op rerun touches nothing."""
     root = Path(root)
-    P = p.paths
     last = already_published(root, p, runs)
     return unchanged_result(root, p, runs, last) if last is not None else _publish(root, p, runs)
 
@@ -97,7 +96,7 @@ def _publish(root: Path, p: Params, runs: list[dict]) -> dict:
 
     with reg.start_run(f"retrain {stamp}", tags=lineage | {"kind": "pipeline"}) as parent:
         pid = parent.info.run_id
-        reg.log_dict_flat("", p.to_dict(), "param")
+        reg.log_dict_flat("", p.to_dict())
         teacher_run = None
         for r in runs:
             with reg.start_run(r["stage"], parent_run_id=pid, tags={"stage": r["stage"], "status": "ran" if r["ran"] else "skipped"}):
@@ -156,7 +155,7 @@ def _log_stage(reg, r: dict, root: Path, p: Params, prep, hashes: dict, teacher_
                       str(root / P.prepared), "training")
         reg.log_artifacts(root / P.validation, "validation")
     elif stage == "train_teacher":
-        reg.log_dict_flat("teacher", p.teacher.model_dump(mode="json"), "param")
+        reg.log_dict_flat("teacher", p.teacher.model_dump(mode="json"))
         reg.log_metrics({"val_accuracy": teacher_info.get("val_accuracy", 0.0), "params": teacher_info.get("params", 0)})
         reg.set_tags({"teacher_hash": teacher_info.get("teacher_hash", "")} if r["ran"] else {"reused_teacher_hash": teacher_info.get("teacher_hash", "")})
         if r["ran"]:
@@ -165,7 +164,7 @@ def _log_stage(reg, r: dict, root: Path, p: Params, prep, hashes: dict, teacher_
         reg.log_artifacts(root / P.soft_targets / "manifest.json", "soft_targets")
         reg.log_input(prep.distill_inputs(), None, "distill-inputs", hashes.get(P.soft_targets, ""), str(root / P.soft_targets), "distillation")
     elif stage == "distill":
-        reg.log_dict_flat("", {"student": p.student.model_dump(mode="json"), "distill": p.distill.model_dump(mode="json")}, "param")
+        reg.log_dict_flat("", {"student": p.student.model_dump(mode="json"), "distill": p.distill.model_dump(mode="json")})
         reg.log_artifacts(root / P.models / "distill.json")
     elif stage == "evaluate":
         for f in ("metrics.json", "reliability.png", "confusion.png"):

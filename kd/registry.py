@@ -15,12 +15,12 @@ from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-import mlflow  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
-from kd.config import RegistryParams  # noqa: E402
-from kd.gates import Gate  # noqa: E402
+from kd.config import RegistryParams
+from kd.gates import Gate
 
 CHAMPION, PREVIOUS = "champion", "previous"
 
@@ -30,7 +30,7 @@ class RegistryError(RuntimeError):
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 class Registry:
@@ -56,7 +56,8 @@ class Registry:
                                 nested=parent_run_id is not None, tags=tags)
 
     @staticmethod
-    def log_dict_flat(prefix: str, d: dict, kind: str = "param") -> None:
+    def log_dict_flat(prefix: str, d: dict) -> None:
+        """Log a nested dict as params with dotted keys (`teacher.train.lr`)."""
         flat: dict[str, Any] = {}
 
         def walk(p: str, v: Any) -> None:
@@ -67,10 +68,7 @@ class Registry:
                 flat[p] = v
 
         walk(prefix, d)
-        if kind == "param":
-            mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
-        else:
-            mlflow.log_metrics({k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
 
     @staticmethod
     def active_run_id() -> str:

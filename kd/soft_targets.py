@@ -21,8 +21,8 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -219,7 +219,7 @@ class SoftTargets:
 
 def expand_top_k(kept_logp: np.ndarray, kept_idx: np.ndarray, n_classes: int) -> np.ndarray:
     """Full log-probabilities from the top-k entries: kept entries exact, the residual mass shared evenly."""
-    b, k = kept_logp.shape
+    k = kept_logp.shape[1]
     kept_mass = np.exp(kept_logp.astype(np.float64)).sum(1)
     residual = np.clip(1.0 - kept_mass, 1e-12, None) / (n_classes - k)
     out = np.repeat(np.log(residual)[:, None], n_classes, 1).astype(np.float32)

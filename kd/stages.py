@@ -7,12 +7,14 @@ Paths come from `params.paths`, relative to the root, so nothing depends on the 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+import yaml
 
-from kd.config import Params
+from kd.config import Params, PathsParams
 
 
 def _path(root: Path, rel: str) -> Path:
@@ -41,7 +43,8 @@ def train_teacher(root: Path, p: Params) -> dict:
 
 def soft_targets(root: Path, p: Params) -> dict:
     """Compute the teacher's outputs on the distillation inputs once, into the content-addressed cache."""
-    from kd import data, soft_targets as cache, teacher
+    from kd import data, teacher
+    from kd import soft_targets as cache
 
     prep = data.load(_path(root, p.paths.prepared))
     model, summary = teacher.load_teacher(_path(root, p.paths.teacher))
@@ -55,7 +58,8 @@ def soft_targets(root: Path, p: Params) -> dict:
 
 
 def distill(root: Path, p: Params) -> dict:
-    from kd import data, distill as kd_distill
+    from kd import data
+    from kd import distill as kd_distill
 
     prep = data.load(_path(root, p.paths.prepared))
     summary = kd_distill.distill(
@@ -67,7 +71,8 @@ def distill(root: Path, p: Params) -> dict:
 
 
 def evaluate(root: Path, p: Params) -> dict:
-    from kd import data, evaluate as kd_eval
+    from kd import data
+    from kd import evaluate as kd_eval
 
     prep = data.load(_path(root, p.paths.prepared))
     metrics = kd_eval.evaluate(
@@ -107,6 +112,37 @@ def out_of_date(root: Path) -> list[str]:
     with contextlib.chdir(root), Repo(str(root)) as repo:  # DVC resolves paths from the cwd
         changed = set(repo.status())
     return [name for name in STAGES if name in changed]
+
+
+def missing_dvc_params(root: Path) -> list[str]:
+    """Params that `dvc.yaml` stages depend on but `params.yaml` does not spell out.
+
+    DVC requires every listed key, and every `${...}` value it templates, to be present in the file
+    (a default is not enough), so `kd run` checks this first and says which keys to add
+    (`section: {}` is enough).
+    """
+    root = Path(root)
+    text = (root / "dvc.yaml").read_text()
+    stages = (yaml.safe_load(text) or {}).get("stages", {})
+    raw = yaml.safe_load((root / "params.yaml").read_text()) if (root / "params.yaml").exists() else {}
+    wanted = set(re.findall(r"\$\{\s*([\w.]+)\s*\}", text))  # templated values, e.g. ${paths.prepared}
+    wanted |= {item for stage in stages.values() for item in stage.get("params", []) if isinstance(item, str)}
+    missing = []
+    for item in wanted:
+        node = raw or {}
+        for part in item.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+            if node is None:
+                missing.append(item)
+                break
+    return sorted(missing)
+
+
+def error_file(root: Path, p: Params | None, stage: str) -> Path:
+    """Where a failed `kd stage` leaves its reason for the flow (DVC only reports that the command failed)."""
+    path = Path(root) / (p.paths if p is not None else PathsParams()).checkpoints / "errors" / f"{stage}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def run(name: str, root: Path, p: Params) -> dict:

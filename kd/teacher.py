@@ -48,7 +48,7 @@ class InferenceOnly(nn.Module):
         super().__init__()
         self.model = model
 
-    def train(self, mode: bool = True) -> "InferenceOnly":
+    def train(self, mode: bool = True) -> InferenceOnly:
         self.training = mode
         return self
 

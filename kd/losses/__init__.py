@@ -22,8 +22,8 @@ from torch import nn
 from kd.config import DistillParams
 from kd.losses.attention import AttentionTransfer
 from kd.losses.dkd import DKD
-from kd.losses.hinton import HardCE, HintonKD
 from kd.losses.hint import Hint, HintRegressor
+from kd.losses.hinton import HardCE, HintonKD
 from kd.losses.pkt import PKT
 from kd.losses.rkd import RKD
 
