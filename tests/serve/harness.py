@@ -1,0 +1,174 @@
+"""What the serving tests stand on: a real project with a real SQLite MLflow registry holding real bundles, a
+`kd serve` started as a real process on a free loopback port, and throwaway PostgreSQL databases."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+PG = "postgresql://postgres@127.0.0.1:5432"
+
+
+def _code_conftest():
+    spec = importlib.util.spec_from_file_location("kd_tests_code_bundles", REPO / "tests" / "code" / "bundles.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_serving_bundle(path: Path, seed: int) -> tuple[Path, pd.DataFrame]:
+    """tests/code's tiny bundle (x number, colour red/blue, classes no/yes) with a sensitive column `group` (a/b)."""
+    path, frame = _code_conftest().make_bundle(path, seed)
+    frame = frame.assign(group=np.random.default_rng(seed + 100).choice(["a", "b"], len(frame)))
+    meta = json.loads((path / "predictor.json").read_text())
+    meta["sensitive"] = ["group"]
+    (path / "predictor.json").write_text(json.dumps(meta))
+    frame.assign(__prediction="no", __confidence=0.5).to_parquet(path / "reference.parquet", index=False)
+    return path, frame
+
+
+def new_project(root: Path, bundles: list[tuple[Path, pd.DataFrame]], champion: str = "1", experiment: str | None = None) -> Path:
+    """A project whose registry holds one version per bundle (1, 2, …) with `champion` promoted, a params.yaml
+    and the held-out split `kd replay` reads by default."""
+    from kd import aliases
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump({"data": {"label_column": "label", "sensitive_columns": ["group"]},
+                                                      "registry": {"tracking_uri": tracking_uri(root)}}))
+    reg = registry(root, experiment or f"serve-{uuid.uuid4().hex[:6]}")
+    for i, (bundle, frame) in enumerate(bundles):
+        with reg.start_run(f"student {i}"):
+            uri = reg.log_predictor(bundle, "student", frame[["x", "colour"]].head(2))
+        reg.register(uri, {"kd.candidate": f"candidate-{i}", "git_commit": f"commit-{i}", "dvc.data": f"md5-{i}"})
+    aliases.promote(reg, champion, reason="tests", by="tests")
+    raw = root / "data" / "prepared" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    bundles[0][1].to_parquet(raw / "test.parquet", index=False)
+    return root
+
+
+def tracking_uri(root: Path) -> str:
+    """The project's own registry, named explicitly: mlflow.set_tracking_uri also sets $MLFLOW_TRACKING_URI, which
+    RegistryParams would otherwise prefer — and one test's registry would leak into the next."""
+    return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def registry(root: Path, experiment: str = "kd"):
+    from kd.config import RegistryParams
+    from kd.registry import Registry
+
+    return Registry(RegistryParams(tracking_uri=tracking_uri(root), experiment=experiment), root)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env() -> dict:
+    clean = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the project's params.yaml names its registry
+    return clean | {"PYTHONPATH": str(REPO), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
+
+class Server:
+    """`kd serve` as a real process on a free loopback port."""
+
+    def __init__(self, root: Path, *args: str, name: str = "serve"):
+        self.root = Path(root)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.err_path = self.root / f"{name}-{self.port}.err"
+        self.cmd = [sys.executable, "-m", "kd.cli", "serve", "--root", str(self.root), "--port", str(self.port), *args]
+        self.proc = subprocess.Popen(self.cmd, env=env(), stdout=subprocess.DEVNULL, stderr=open(self.err_path, "w"))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"kd serve exited with {self.proc.returncode}:\n{self.stderr()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.3)
+        self.proc.kill()
+        pytest.fail(f"kd serve not ready within 120 s:\n{self.stderr()}")
+
+    def stderr(self) -> str:
+        return self.err_path.read_text() if self.err_path.exists() else ""
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """One sample of /metrics, e.g. metric("kd_serve_log_written_rows_total", 'table="predictions"')."""
+        text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        key = f"{name}{{{labels}}}" if labels else name
+        for line in text.splitlines():
+            if line.startswith(key + " "):
+                return float(line.split()[-1])
+        raise KeyError(f"{key} not in /metrics")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                pytest.fail(f"kd serve did not stop within {timeout} s of signal {sig}:\n{self.stderr()}")
+        return self.proc.returncode
+
+
+@contextlib.contextmanager
+def pg_database():
+    """A throwaway PostgreSQL database (skips without a server); yields (its URL, an autocommit admin connection)."""
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = psycopg.connect(f"{PG}/test", connect_timeout=3, autocommit=True)
+    except psycopg.OperationalError as err:
+        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432: {err}")
+    name = f"kd_serve_{uuid.uuid4().hex[:10]}"
+    admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"{PG}/{name}", name, admin
+    finally:
+        admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+def cut_off(admin, name: str) -> None:
+    """A real outage of database `name`: new connections are refused and the open ones are terminated."""
+    admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+
+
+def restore(admin, name: str) -> None:
+    admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+
+
+def predict(url: str, rows: list[dict], client: httpx.Client | None = None) -> httpx.Response:
+    return (client or httpx).post(f"{url}/predict", json={"rows": rows}, timeout=30)
+
+
+def wait_for(check, timeout: float = 60, every: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value is not None and value is not False:  # (a frame has no truth value)
+            return value
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
