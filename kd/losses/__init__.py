@@ -5,29 +5,36 @@
 | ce   | hard-label cross-entropy | no |
 | kd   | Hinton et al. 2015 | no (cached soft targets) |
 | dkd  | Zhao et al. 2022 | no (cached soft targets) |
+| dist | Huang et al. 2022 (DIST) | no (cached soft targets) |
 | hint | Romero et al. 2015 (FitNets) | yes (features) |
 | at   | Zagoruyko & Komodakis 2017 | yes (features) |
 | rkd  | Park et al. 2019 | yes (features) |
 | pkt  | Passalis & Tefas 2018 | yes (features) |
+| crd  | Tian et al. 2020 (CRD) | yes (features, plus the batch's row indices) |
 
 Each term takes a context dict: `student_logits`, `teacher_logp` (teacher log-probabilities at T=1),
-`y` (-1 for unlabeled transfer rows) and, for feature losses, `student_feat` / `teacher_feat`.
+`y` (-1 for unlabeled transfer rows), `idx` (the batch's row indices into the distillation inputs) and, for
+feature losses, `student_feat` / `teacher_feat`.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-from kd.config import DistillParams
+from kd.config import LOSS_NAMES, DistillParams
 from kd.losses.attention import AttentionTransfer
+from kd.losses.crd import CRD
+from kd.losses.dist import DIST
 from kd.losses.dkd import DKD
 from kd.losses.hint import Hint, HintRegressor
 from kd.losses.hinton import HardCE, HintonKD
 from kd.losses.pkt import PKT
 from kd.losses.rkd import RKD
 
-FEATURE_LOSSES = ("hint", "at", "rkd", "pkt")
+FEATURE_LOSSES = ("hint", "at", "rkd", "pkt", "crd")
 
 
 class Combined(nn.Module):
@@ -52,9 +59,10 @@ class Combined(nn.Module):
         return total, parts
 
 
-def build(p: DistillParams, feature_shapes: tuple[tuple, tuple] | None = None) -> Combined:
-    """Build the configured terms. `feature_shapes` = (student, teacher) per-sample feature shapes,
-    needed by 'hint' to size its regressor."""
+def build(p: DistillParams, feature_shapes: tuple[tuple, tuple] | None = None, n_rows: int | None = None) -> Combined:
+    """Build the configured terms. `feature_shapes` = (student, teacher) per-sample feature shapes, needed by
+    'hint' to size its regressor and by 'crd' to size its embeddings; `n_rows` = number of distillation rows
+    (training split + transfer rows), needed by 'crd' to size its memory banks."""
     terms: dict[str, nn.Module] = {}
     for name in p.losses:
         if name == "ce":
@@ -63,6 +71,8 @@ def build(p: DistillParams, feature_shapes: tuple[tuple, tuple] | None = None) -
             terms[name] = HintonKD(p.temperature, p.alpha)
         elif name == "dkd":
             terms[name] = DKD(p.temperature, p.dkd_alpha, p.dkd_beta)
+        elif name == "dist":
+            terms[name] = DIST(p.dist_temperature, p.dist_beta, p.dist_gamma)
         elif name == "hint":
             if feature_shapes is None:
                 raise ValueError("the 'hint' loss needs the student and teacher feature shapes")
@@ -73,6 +83,11 @@ def build(p: DistillParams, feature_shapes: tuple[tuple, tuple] | None = None) -
             terms[name] = RKD()
         elif name == "pkt":
             terms[name] = PKT()
+        elif name == "crd":
+            if feature_shapes is None or n_rows is None:
+                raise ValueError("the 'crd' loss needs the student and teacher feature shapes and the number of distillation rows")
+            s_dim, t_dim = (math.prod(shape) for shape in feature_shapes)
+            terms[name] = CRD(s_dim, t_dim, n_rows, p.crd_feat_dim, p.crd_nce_k, p.crd_temperature, p.crd_momentum)
         else:
-            raise ValueError(f"unknown loss {name!r}; expected one of ce, kd, dkd, {', '.join(FEATURE_LOSSES)}")
+            raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(LOSS_NAMES)}")
     return Combined(terms, dict(p.losses))

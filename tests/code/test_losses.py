@@ -118,3 +118,19 @@ def test_stored_reference_values():
     assert kd_div(S, t_logp, 4.0).item() == pytest.approx(0.52811, rel=1e-4)
     tckd, nckd = dkd_parts(S, t_logp, y, 4.0)
     assert (tckd.item(), nckd.item()) == pytest.approx((0.18421, 0.50536), rel=1e-4)
+
+
+def test_mixup_cross_entropy_weights_both_labels():
+    """Mixed inputs (Zhang et al. 2018): lam * CE(y) + (1 - lam) * CE(y_mix), against a hand computation."""
+    from kd.training import cross_entropy_loss
+
+    def ce(row, label):
+        return math.log(sum(math.exp(v) for v in row)) - row[label]
+
+    batch = {"x": S, "y": torch.tensor([0, 2]), "y_mix": torch.tensor([1, 2]), "lam": torch.tensor([0.75, 0.6])}
+    loss, parts = cross_entropy_loss(lambda x: x, batch)
+    rows = S.tolist()
+    hand = (0.75 * ce(rows[0], 0) + 0.25 * ce(rows[0], 1) + 0.6 * ce(rows[1], 2) + 0.4 * ce(rows[1], 2)) / 2
+    assert loss.item() == pytest.approx(hand, rel=1e-6) and parts["ce"] == pytest.approx(hand, rel=1e-6)
+    plain, _ = cross_entropy_loss(lambda x: x, {"x": S, "y": torch.tensor([0, -1])})  # unlabeled rows ignored
+    assert plain.item() == pytest.approx(ce(rows[0], 0), rel=1e-6)
