@@ -1,13 +1,23 @@
-"""Data validation of the raw splits: an expectation suite derived from the config and the training schema.
+"""Data validation: Great Expectations suites over the exact statistics of every split (`kd.profile`).
 
-Validation runs on Great Expectations (GX Core 1.x, https://greatexpectations.io) in an ephemeral context:
-nothing is written outside `out_dir`, which receives `validation.json` and the HTML Data Docs.
+The statistics are accumulated over every row, chunk by chunk, so validation is exact at any size — no
+sample, no guarantee to state — and costs the same handful of expectations for 1,797 rows or 10 million.
+Each suite runs on a small table with one row per checked thing (a column of a split, a class, a group,
+the leakage share), and its unexpected rows name what failed. Suites are derived from the config and the
+training split's schema:
 
-GX costs a few milliseconds per expectation, so wide data (more than `WIDE_FEATURES` numeric features, e.g.
-784 pixels) is validated through a column profile instead: one row per feature (numeric dtype, null fraction,
-min, max, learnt bounds) checked by four expectations whose unexpected rows name the columns. The cross-frame
-check (test rows duplicated in train) is computed in pandas and validated through a helper column, so it
-appears in the Data Docs like every other expectation.
+- every split: expected columns present; numeric columns hold numbers, finite, with at most
+  `validate.max_null_fraction` missing values; val/test values inside the training range widened by
+  `validate.range_tolerance` (pixels of an image source share one range); the transfer set's shift is
+  judged by the checks stage's data-gap drift test, not here (production inputs drift by nature);
+- labels: val/test (and train, with `data.classes`) only in the known set; the training split has at
+  least two classes and `validate.min_per_class` rows of each; `validate.min_group_size` rows per group;
+- leakage: test rows repeating a training record, judged against the data's own duplicate rate (a random
+  split puts as many test rows in train as training rows repeat another); feature-identical rows of
+  other records are reported, not gated.
+
+Great Expectations (GX Core 1.x, https://greatexpectations.io) runs in an ephemeral context: nothing is
+written outside `out_dir`, which receives `validation.json` and the HTML Data Docs.
 """
 
 from __future__ import annotations
@@ -23,19 +33,19 @@ import numpy as np
 import pandas as pd
 
 from kd.config import Params
+from kd.profile import Profile
 from kd.sources import DataError
 
-if TYPE_CHECKING:  # kd.data imports scikit-learn; keep this module's import light
+if TYPE_CHECKING:
     from kd.data import Frames
 
-WIDE_FEATURES = 128  # above this many numeric features, per-feature checks run on a column profile
 DUPLICATES = "no_test_rows_in_train"
-_HELPER = "_kd_test_row_in_train"  # helper column added to (a copy of) the test frame
-_NUMERIC = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-            "float16", "float32", "float64", "Int64", "Float64", "int", "float"]  # fmt: skip
-_TYPE, _NULL = "expect_column_values_to_be_in_type_list", "expect_column_values_to_not_be_null"
+COLUMNS, _TYPE = "expect_table_columns_to_match_set", "expect_column_values_to_be_in_type_list"
+_NULL, _FINITE = "expect_column_values_to_not_be_null", "expect_column_values_to_be_finite"
 _MIN, _MAX = "expect_column_min_to_be_between", "expect_column_max_to_be_between"
-_PROFILE_FORMAT = {"result_format": "COMPLETE", "unexpected_index_column_names": ["column"]}
+IN_SET, COUNT = "expect_column_values_to_be_in_set", "expect_table_row_count_to_be_between"
+CLASSES = "expect_column_unique_value_count_to_be_between"
+_FORMAT = {"result_format": "COMPLETE", "unexpected_index_column_names": ["key"]}
 
 
 class ValidationFailed(DataError):
@@ -51,195 +61,134 @@ class ValidationFailed(DataError):
         super().__init__("\n".join(lines))
 
 
-def _native(v: Any) -> Any:
-    """A numpy scalar as a plain Python value (GX renders row-condition parameters with repr)."""
-    return v.item() if isinstance(v, np.generic) else v
+def profile_frames(frames: Frames, p: Params) -> Profile:
+    """The exact statistics of in-memory splits (what `kd.ingest` accumulates chunk by chunk)."""
+    src = frames.raw
+    prof = Profile(src.features, [c for c in src.features if c not in p.data.categorical_columns], src.label, list(src.sensitive),
+                   src.input_shape)
+    for name in ("train", "val", "test"):
+        prof.update(name, getattr(frames, name))
+    if frames.transfer is not None:
+        prof.update("transfer", frames.transfer)
+    return prof
 
 
-def _is_numeric(s: pd.Series) -> bool:
-    return pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
-
-
-def _duplicate_mask(test: pd.DataFrame, train: pd.DataFrame, features: list[str]) -> np.ndarray:
-    """Test rows whose feature values equal some training row (row hashes; NaN equals NaN)."""
-    cols = [c for c in features if c in test.columns and c in train.columns]
-    if not cols or test.empty:
-        return np.zeros(len(test), bool)
-    h_train = pd.util.hash_pandas_object(train[cols], index=False)
-    return pd.util.hash_pandas_object(test[cols], index=False).isin(h_train).to_numpy()
-
-
-def _ranges(frames: Frames, numeric: list[str], tol: float) -> dict[str, tuple[float, float]]:
+def ranges(prof: Profile, tol: float) -> dict[str, tuple[float, float]]:
     """Value ranges learnt from the training split, widened by tol x span. Pixels of an image-shaped
     source share one range: a border pixel that is always 0 in train is no error when it is 1 in test."""
-    train = frames.train
-    learnt = {c: (float(train[c].min()), float(train[c].max())) for c in numeric
-              if c in train.columns and _is_numeric(train[c]) and train[c].notna().any()}  # fmt: skip
-    if frames.raw.input_shape is not None and learnt:
+    train = prof.splits["train"].columns
+    learnt = {c: (s.min, s.max) for c, s in train.items() if c in prof.numeric and s.non_numeric == 0 and np.isfinite(s.min)}
+    if prof.input_shape is not None and learnt:
         shared = (min(lo for lo, _ in learnt.values()), max(hi for _, hi in learnt.values()))
         learnt = dict.fromkeys(learnt, shared)
     return {c: (lo - tol * (hi - lo), hi + tol * (hi - lo)) for c, (lo, hi) in learnt.items()}
 
 
-def _profile(df: pd.DataFrame, numeric: list[str], ranges: dict[str, tuple[float, float]]) -> pd.DataFrame:
-    """One row per numeric feature present in `df`: dtype check, null fraction, min/max and learnt bounds."""
-    cols = [c for c in numeric if c in df.columns]
-    num = [c for c in cols if _is_numeric(df[c])]
-    nan = (np.nan, np.nan)
-    return pd.DataFrame({
-        "column": cols, "numeric": [c in set(num) for c in cols],
-        "null_fraction": df[cols].isna().mean().to_numpy(float) if cols else np.zeros(0),
-        "min": df[num].min().reindex(cols).to_numpy(float), "max": df[num].max().reindex(cols).to_numpy(float),
-        "lo": [ranges.get(c, nan)[0] for c in cols], "hi": [ranges.get(c, nan)[1] for c in cols],
-    })  # fmt: skip
-
-
-def _build_suites(frames: Frames, p: Params, ranges: dict[str, tuple[float, float]], wide: bool) -> dict[str, list]:
-    """Expectation lists per batch ('train', ..., and 'train_columns', ... for wide data's column profiles)."""
+def _tables(prof: Profile, p: Params, rng: dict, leak: dict) -> dict[str, tuple[pd.DataFrame, list]]:
+    """name -> (a table with one row per checked thing, keyed by `key`; its expectations)."""
     import great_expectations.expectations as gxe
-    from great_expectations.expectations.row_conditions import Column
 
-    raw, v, train = frames.raw, p.validate_, frames.train
-    label, sensitive = raw.label, list(raw.sensitive)
-    numeric = [c for c in raw.features if c not in p.data.categorical_columns]
-    mostly = 1.0 - v.max_null_fraction
-    # The known label set is compared as strings (as kd.data does); value_set adds the native values that match.
-    train_labels = [_native(x) for x in train[label].dropna().unique()] if label in train.columns else []
-    known = list(p.data.classes) or sorted({str(x) for x in train_labels})
-    seen = {_native(x) for f in (frames.train, frames.val, frames.test) if label in f.columns for x in f[label].dropna().unique()}
-    matched = {x for x in seen if str(x) in known}
-    value_set = sorted(matched | {k for k in known if k not in {str(x) for x in matched}}, key=str)
-
-    suites: dict[str, list] = {}
-    for name in ("train", "val", "test") + (("transfer",) if frames.transfer is not None else ()):
-        cols = raw.features if name == "transfer" else list(dict.fromkeys(raw.features + [label] + sensitive))
-        per_column = [c for c in numeric if not wide]
-        ex: list = [gxe.ExpectTableColumnsToMatchSet(column_set=cols, exact_match=False)]
-        ex += [gxe.ExpectColumnValuesToNotBeNull(column=c, mostly=mostly) for c in cols if c not in numeric or not wide]
-        ex += [gxe.ExpectColumnValuesToBeInTypeList(column=c, type_list=_NUMERIC) for c in per_column]
-        if name != "train":
-            for c in (c for c in per_column if c in ranges):
-                ex += [gxe.ExpectColumnMinToBeBetween(column=c, min_value=ranges[c][0]),
-                       gxe.ExpectColumnMaxToBeBetween(column=c, max_value=ranges[c][1])]  # fmt: skip
-        if known and (name in ("val", "test") or (name == "train" and p.data.classes)):
-            ex.append(gxe.ExpectColumnValuesToBeInSet(column=label, value_set=value_set))
-        if name == "train":
-            by_str = {str(x): x for x in train_labels}
-            for k in known:
-                ex.append(gxe.ExpectTableRowCountToBeBetween(min_value=v.min_per_class, row_condition=Column(label) == by_str.get(k, k),
-                                                             meta={"column": label, "value": k}))  # fmt: skip
-            for s in sensitive:
-                for g in train[s].dropna().unique() if s in train.columns else []:
-                    ex.append(gxe.ExpectTableRowCountToBeBetween(min_value=v.min_group_size, row_condition=Column(s) == _native(g),
-                                                                 meta={"column": s, "value": str(g)}))  # fmt: skip
-        if name == "test":
-            ex.append(gxe.ExpectColumnSumToBeBetween(
-                column=_HELPER, min_value=0, max_value=v.max_duplicate_test_rows, meta={"kd": DUPLICATES},
-                description=f"At most {v.max_duplicate_test_rows} test rows equal a training row (feature-only row equality)."))  # fmt: skip
-        suites[name] = ex
-        if wide:  # the column profile: per-feature checks as four expectations over one row per feature
-            prof = [gxe.ExpectColumnValuesToBeInSet(column="numeric", value_set=[True], meta={"as": _TYPE}),
-                    gxe.ExpectColumnValuesToBeBetween(column="null_fraction", max_value=v.max_null_fraction, meta={"as": _NULL})]  # fmt: skip
-            if name != "train":
-                pair = {"or_equal": True, "ignore_row_if": "either_value_is_missing"}
-                prof += [gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="min", column_B="lo", meta={"as": _MIN}, **pair),
-                         gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="hi", column_B="max", meta={"as": _MAX}, **pair)]  # fmt: skip
-            suites[f"{name}_columns"] = prof
-    return suites
+    v, known = p.validate_, _known_labels(prof, p)
+    tables: dict[str, tuple[pd.DataFrame, list]] = {}
+    for split, st in prof.splits.items():
+        labelled = split != "transfer"
+        expected = list(dict.fromkeys(prof.features + ([prof.label] + prof.sensitive if labelled else [])))
+        rows = []
+        for c in expected:
+            cs = st.columns.get(c)
+            present = c not in st.missing and cs is not None
+            num = present and c in prof.numeric and cs.non_numeric == 0
+            lo, hi = rng.get(c, (np.nan, np.nan)) if num and split in ("val", "test") else (np.nan, np.nan)
+            rows.append({"key": c, "present": present, "numeric_ok": not present or c not in prof.numeric or cs.non_numeric == 0,
+                         "null_fraction": cs.nulls / max(cs.rows, 1) if present else 0.0, "finite": not num or cs.infinite == 0,
+                         "min": cs.min if num and np.isfinite(cs.min) else np.nan, "max": cs.max if num and np.isfinite(cs.max) else np.nan,
+                         "lo": lo, "hi": hi})
+        pair = {"or_equal": True, "ignore_row_if": "either_value_is_missing"}
+        ex = [gxe.ExpectColumnValuesToBeInSet(column="present", value_set=[True], meta={"as": COLUMNS}),
+              gxe.ExpectColumnValuesToBeInSet(column="numeric_ok", value_set=[True], meta={"as": _TYPE}),
+              gxe.ExpectColumnValuesToBeBetween(column="null_fraction", max_value=v.max_null_fraction, meta={"as": _NULL}),
+              gxe.ExpectColumnValuesToBeInSet(column="finite", value_set=[True], meta={"as": _FINITE})]  # fmt: skip
+        if split in ("val", "test"):  # the transfer set's shift is the data_gap drift check's to judge
+            ex += [gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="min", column_B="lo", meta={"as": _MIN}, **pair),
+                   gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="hi", column_B="max", meta={"as": _MAX}, **pair)]  # fmt: skip
+        tables[f"{split}_columns"] = (pd.DataFrame(rows), ex)
+        if labelled and prof.label not in st.missing and known and (split != "train" or p.data.classes):
+            lab = [{"key": k, "known": k in known, "rows": n} for k, n in sorted(st.labels.items())]
+            if lab:
+                tables[f"{split}_labels"] = (pd.DataFrame(lab), [gxe.ExpectColumnValuesToBeInSet(column="known", value_set=[True], meta={"as": IN_SET})])
+    train = prof.splits["train"]
+    if prof.label not in train.missing:
+        table = pd.DataFrame([{"key": prof.label, "classes": len(train.labels)}])
+        tables["train_table"] = (table, [gxe.ExpectColumnValuesToBeBetween(column="classes", min_value=2, meta={"as": CLASSES})])
+        if known:
+            counts = pd.DataFrame([{"key": k, "rows": train.labels.get(k, 0)} for k in known])
+            tables["train_classes"] = (counts, [gxe.ExpectColumnValuesToBeBetween(column="rows", min_value=v.min_per_class, meta={"as": COUNT})])
+    groups = [{"key": f"{s}={g}", "rows": n} for s, c in train.groups.items() for g, n in sorted(c.items())]
+    if groups:
+        tables["train_groups"] = (pd.DataFrame(groups), [gxe.ExpectColumnValuesToBeBetween(column="rows", min_value=v.min_group_size, meta={"as": "groups"})])
+    if leak:
+        lk = pd.DataFrame([{"key": "test", "share": leak["share"], "max_share": leak["max_share"]}])
+        tables["test_leakage"] = (lk, [gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="max_share", column_B="share", or_equal=True, meta={"as": DUPLICATES},
+            description=f"At most {leak['max_share']:.3f} of the test rows repeat a training record (the data's own duplicate "
+                        "rate plus validate.leakage_tolerance).")])  # fmt: skip
+    return tables
 
 
-def _column_record(split: str, kind: str, s: pd.Series, p: Params, ranges: dict[str, tuple[float, float]]) -> dict:
-    """A per-column failure record; the observed value is computed from the data so both modes agree."""
-    rec: dict[str, Any] = {"split": split, "column": s.name, "expectation": kind}
+def _known_labels(prof: Profile, p: Params) -> list[str]:
+    from kd.preprocess import natural
+
+    return list(p.data.classes) or sorted(prof.splits["train"].labels, key=natural)
+
+
+def _record(split: str, kind: str, key: str, prof: Profile, p: Params, rng: dict, leak: dict) -> dict:
+    """The failure record of one unexpected row, computed from the statistics (not from GX's output)."""
+    st = prof.splits[split]
+    rec: dict[str, Any] = {"split": split, "column": key, "expectation": kind}
+    cs = st.columns.get(key)
+    if kind == COLUMNS:
+        return rec | {"observed": "missing", "expected": "column present"}
     if kind == _TYPE:
-        bad = s[pd.to_numeric(s, errors="coerce").isna() & s.notna()]
-        return rec | {"observed": {"dtype": str(s.dtype), "non_numeric": [str(x) for x in bad.unique()[:5]]}, "expected": "numeric"}
+        return rec | {"observed": {"dtype": cs.dtype, "non_numeric": cs.examples}, "expected": "numeric"}
     if kind == _NULL:
-        n = int(s.isna().sum())
-        return rec | {"observed": {"null_fraction": round(n / max(len(s), 1), 6), "nulls": n},
-                      "expected": f"null fraction <= {p.validate_.max_null_fraction:.4g}"}  # fmt: skip
-    lo, hi = ranges[str(s.name)]
+        return rec | {"observed": {"null_fraction": round(cs.nulls / max(cs.rows, 1), 6), "nulls": cs.nulls},
+                      "expected": f"null fraction <= {p.validate_.max_null_fraction:.4g}"}
+    if kind == _FINITE:
+        return rec | {"observed": {"infinite": cs.infinite}, "expected": "finite numbers"}
     if kind == _MIN:
-        return rec | {"observed": float(s.min()), "expected": f"min >= {lo:.6g} (training range)"}
-    return rec | {"observed": float(s.max()), "expected": f"max <= {hi:.6g} (training range)"}
+        return rec | {"observed": cs.min, "expected": f"min >= {rng[key][0]:.6g} (training range)"}
+    if kind == _MAX:
+        return rec | {"observed": cs.max, "expected": f"max <= {rng[key][1]:.6g} (training range)"}
+    if kind == IN_SET:
+        known = _known_labels(prof, p)
+        return rec | {"column": prof.label, "observed": sorted(k for k in st.labels if k not in known), "expected": f"one of {known[:20]}"}
+    if kind == COUNT:
+        return rec | {"column": prof.label, "expectation": COUNT, "observed": {"value": key, "rows": st.labels.get(key, 0)},
+                      "expected": f">= {p.validate_.min_per_class} rows"}
+    if kind == "groups":
+        column, value = key.split("=", 1)
+        return rec | {"column": column, "expectation": COUNT, "observed": {"value": value, "rows": st.groups[column][value]},
+                      "expected": f">= {p.validate_.min_group_size} rows"}
+    if kind == CLASSES:
+        return rec | {"observed": {"classes": len(st.labels)}, "expected": "at least 2 classes in the training split"}
+    return rec | {"column": None, "expectation": DUPLICATES, "observed": {"share": round(leak["share"], 4), "rows": leak["exact_records_in_train"]},
+                  "expected": f"<= {leak['max_share']:.4f} of the test rows repeat a training record "
+                              "(the data's own duplicate rate + validate.leakage_tolerance)"}
 
 
-def _error(info: dict | None) -> str | None:
-    """The message of an expectation that raised; GX nests metric errors under their metric ids."""
-    infos = [info or {}] if "raised_exception" in (info or {}) else list((info or {}).values())
-    for i in infos:
-        if isinstance(i, dict) and i.get("raised_exception"):
-            return str(i.get("exception_message") or "error").splitlines()[0][:300]
-    return None
-
-
-def _failures(split: str, res: Any, df: pd.DataFrame, p: Params, ranges: dict[str, tuple[float, float]]) -> list[dict]:
-    """Failure records of one validation result; errors caused by an already reported column are dropped."""
-    out: list[dict] = []
-    errored: list[dict] = []
-    for r in res.results:
-        if r.success:
-            continue
-        cfg, result = r.expectation_config, r.result or {}
-        kind, kw, meta = cfg.type, cfg.kwargs, cfg.meta or {}
-        col = kw.get("column", meta.get("column"))
-        rec: dict[str, Any] = {"split": split, "column": col, "expectation": kind}
-        if (err := _error(r.exception_info)) is not None:
-            errored.append(rec | {"observed": {"error": err}})
-        elif "as" in meta:  # a column-profile check: one record per unexpected feature column
-            for row in result.get("unexpected_index_list") or []:
-                out.append(_column_record(split, meta["as"], df[row["column"]], p, ranges))
-        elif kind == "expect_table_columns_to_match_set":
-            for m in result.get("details", {}).get("mismatched", {}).get("missing", []):
-                out.append(rec | {"column": m, "observed": "missing", "expected": "column present"})
-        elif meta.get("kd") == DUPLICATES:
-            out.append(rec | {"column": None, "expectation": DUPLICATES, "observed": int(result.get("observed_value") or 0),
-                              "expected": f"<= {kw.get('max_value')} test rows equal to a training row"})  # fmt: skip
-        elif kind == "expect_table_row_count_to_be_between":
-            out.append(rec | {"observed": {"value": meta.get("value"), "rows": result.get("observed_value")},
-                              "expected": f">= {kw.get('min_value')} rows"})  # fmt: skip
-        elif kind == "expect_column_values_to_be_in_set":
-            vals = sorted({str(x) for x in result.get("partial_unexpected_list", [])})
-            out.append(rec | {"observed": vals, "expected": f"one of {[str(x) for x in kw['value_set']][:20]}"})
-        elif kind in (_MIN, _MAX) and df[col].notna().sum() == 0:
-            continue  # an all-null column has no min/max; the null check reports it
-        elif kind in (_TYPE, _NULL, _MIN, _MAX):
-            out.append(_column_record(split, kind, df[col], p, ranges))
-        else:
-            out.append(rec | {"observed": result.get("observed_value")})
-    # A missing or non-numeric column makes its other expectations raise: report it once.
-    named = {f["column"] for f in out if f["expectation"] in (_TYPE, "expect_table_columns_to_match_set")}
-    return out + [e for e in errored if e["column"] not in named]
-
-
-def validate_frames(frames: Frames, p: Params, out_dir: Path) -> dict:
-    """Build a suite from the config and the training split's schema, validate every split.
-
-    Writes out_dir/validation.json (the returned dict) and HTML Data Docs under out_dir/data_docs/ (index.html).
-    Returns {"success", "n_expectations", "failures", "data_docs", "suite", "seconds"}.
-    Raises nothing for failed expectations (the caller decides); raises DataError only for unusable input.
-    """
+def validate_profile(prof: Profile, p: Params, out_dir: Path, origin: str = "") -> dict:
+    """Run the suites on the statistics; write out_dir/validation.json (the returned dict) and Data Docs
+    (out_dir/data_docs/index.html). Raises nothing for failed expectations (the caller decides)."""
     os.environ["GX_ANALYTICS_ENABLED"] = "false"
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    t0, out_dir, raw = time.perf_counter(), Path(out_dir), frames.raw
-    batches = {"train": frames.train, "val": frames.val, "test": frames.test}
-    if frames.transfer is not None:
-        batches["transfer"] = frames.transfer
-    if frames.train.empty:
-        raise DataError(f"{raw.origin}: the training split has no rows; nothing to validate")
-    for name, df in batches.items():
-        if df.columns.duplicated().any() or not all(isinstance(c, str) for c in df.columns):
-            raise DataError(f"{raw.origin} ({name} split): column names must be unique strings; found {list(df.columns)[:10]}")
-    numeric = [c for c in raw.features if c not in p.data.categorical_columns]
-    wide = len(numeric) > WIDE_FEATURES
-    ranges = _ranges(frames, numeric, p.validate_.range_tolerance)
-    suites = _build_suites(frames, p, ranges, wide)
-    batches["test"] = frames.test.assign(**{_HELPER: _duplicate_mask(frames.test, frames.train, raw.features)})
-    if wide:
-        batches |= {f"{n}_columns": _profile(df, numeric, ranges) for n, df in list(batches.items())}
-
+    t0, out_dir = time.perf_counter(), Path(out_dir)
+    if prof.splits.get("train") is None or prof.splits["train"].rows == 0:
+        raise DataError(f"{origin}: the training split has no rows; nothing to validate")
+    rng = ranges(prof, p.validate_.range_tolerance)
+    leak = prof.leakage(p.validate_.leakage_tolerance)
+    tables = _tables(prof, p, rng, leak)
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     docs = out_dir / "data_docs"
@@ -249,35 +198,40 @@ def validate_frames(frames: Frames, p: Params, out_dir: Path) -> dict:
                                   "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}})  # fmt: skip
     source = ctx.data_sources.add_pandas("kd")
     failures: list[dict] = []
-    summary: dict[str, dict] = {}
-    for name, ex in suites.items():
-        split = name.removesuffix("_columns")
-        batch_def = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
+    for name, (table, ex) in tables.items():
+        split = name.split("_")[0]
+        batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
         suite = ctx.suites.add(gx.ExpectationSuite(name=f"kd_{name}", expectations=ex))  # all at once: add_expectation re-saves
-        vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"kd_{name}", data=batch_def, suite=suite))
-        res = vd.run(batch_parameters={"dataframe": batches[name]}, result_format=_PROFILE_FORMAT if name != split else "BASIC")
-        failures += _failures(split, res, batches[split], p, ranges)
-        for e in ex:
-            kw = {k: val for k, val in e.configuration.kwargs.items() if val is not None and k != "batch_id"}
-            kw |= {"mostly": e.mostly} if e.expectation_type == _NULL else {}
-            key = json.dumps([e.expectation_type, kw], sort_keys=True, default=str)
-            summary.setdefault(key, {"type": e.expectation_type, "kwargs": kw, "batches": []})["batches"].append(name)
+        res = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"kd_{name}", data=batch, suite=suite)).run(
+            batch_parameters={"dataframe": table}, result_format=_FORMAT)
+        for r in res.results:
+            if r.success:
+                continue
+            kind = r.expectation_config.meta["as"]
+            keys = [row["key"] for row in (r.result or {}).get("unexpected_index_list") or []] or [table["key"].iloc[0]]
+            if kind in (IN_SET, CLASSES, DUPLICATES):  # one record says it all
+                keys = keys[:1]
+            failures += [_record(split, kind, k, prof, p, rng, leak) for k in keys]
     ctx.build_data_docs(site_names=["kd"])
-    index = docs / "index.html"
-    if not index.exists():
-        raise DataError(f"{docs}: Great Expectations did not write the Data Docs index.html")
     report = {
-        "success": not failures,
-        "n_expectations": sum(len(ex) for ex in suites.values()),
-        "mode": "column_profile" if wide else "per_column",
-        "failures": failures,
-        "data_docs": index.relative_to(out_dir).as_posix(),
-        "suite": list(summary.values()),
+        "success": not failures, "n_expectations": sum(len(ex) for _, ex in tables.values()),
+        "rows": {s: st.rows for s, st in prof.splits.items()}, "mode": "exact statistics of every row",
+        "failures": failures, "leakage": leak, "data_docs": "data_docs/index.html",
+        "suites": {name: [e.expectation_type for e in ex] for name, (_, ex) in tables.items()},
         "seconds": round(time.perf_counter() - t0, 3),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "validation.json").write_text(json.dumps(report, indent=2, default=str))
     return report
+
+
+def validate_frames(frames: Frames, p: Params, out_dir: Path) -> dict:
+    """`validate_profile` of in-memory splits."""
+    for name in ("train", "val", "test", "transfer"):
+        df = getattr(frames, name)
+        if df is not None and (df.columns.duplicated().any() or not all(isinstance(c, str) for c in df.columns)):
+            raise DataError(f"{frames.raw.origin} ({name} split): column names must be unique strings; found {list(df.columns)[:10]}")
+    return validate_profile(profile_frames(frames, p), p, out_dir, frames.raw.origin)
 
 
 def check(frames: Frames, p: Params, out_dir: Path) -> dict:

@@ -111,9 +111,26 @@ def test_npz_with_fixed_splits_transfer_and_errors(tmp_path):
 def test_synthetic_knobs_overlap_bias_and_shift():
     base = SyntheticParams(n_samples=2000, n_features=6, n_classes=3, n_transfer=500)
     raw = load_source(DataParams(source="synthetic", synthetic=base))
-    assert raw.sensitive == ["group"] and len(raw.transfer) == 500
+    assert raw.sensitive == ["group"] and len(raw.transfer_frame()) == 500
     biased = load_source(DataParams(source="synthetic", synthetic=base.model_copy(update={"group_bias": 0.8}))).frame
     b = biased[biased.group == "b"]
     assert (b.label == 0).mean() > 0.8  # group b's labels pushed to class 0
-    shifted = load_source(DataParams(source="synthetic", synthetic=base.model_copy(update={"transfer_shift": 2.0}))).transfer
-    assert shifted.to_numpy().mean() - raw.transfer.to_numpy().mean() == pytest.approx(2.0, abs=0.1)
+    shifted = load_source(DataParams(source="synthetic", synthetic=base.model_copy(update={"transfer_shift": 2.0}))).transfer_frame()
+    assert shifted.to_numpy().mean() - raw.transfer_frame().to_numpy().mean() == pytest.approx(2.0, abs=0.1)
+
+
+def test_a_source_larger_than_a_chunk_streams_and_splits_the_same_way_each_time(monkeypatch):
+    """Chunked sources: every chunk is split stratified and seeded by its index, so two reads agree and
+    the split sizes follow the fractions across chunks."""
+    import kd.sources as S
+
+    monkeypatch.setattr(S, "CHUNK_ROWS", 700)
+    p = DataParams(source="synthetic", synthetic=SyntheticParams(n_samples=3000, n_features=4, n_classes=3))
+    src = load_source(p)
+    assert [len(c) for c in src.chunks()] == [700, 700, 700, 700, 200]
+    a, b = split(src, p, 0), split(load_source(p), p, 0)
+    pd.testing.assert_frame_equal(a.test, b.test)
+    assert len(a.test) == pytest.approx(0.2 * 3000, abs=10) and len(a.val) == pytest.approx(0.15 * 3000, abs=10)
+    per_class = a.test["label"].value_counts(normalize=True)
+    overall = src.frame["label"].value_counts(normalize=True)
+    assert (per_class - overall).abs().max() < 0.02  # stratified within each chunk
