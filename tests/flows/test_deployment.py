@@ -8,30 +8,31 @@ import time
 
 import pytest
 import yaml
-from conftest import REPO, TINY, make_project
+from kdproject import REPO, TINY, make_project
 
 pytestmark = pytest.mark.flow
 
 
-def test_deployment_definition_is_valid():
+@pytest.mark.parametrize("name, entrypoint_flow, cron", [("nightly", "kd-retrain", "0 3 * * *"), ("hourly", "kd-monitor", "0 * * * *")])
+def test_deployment_definition_is_valid(name, entrypoint_flow, cron):
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.flows import load_flow_from_entrypoint
     from prefect.utilities.callables import parameter_schema
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    (dep,) = spec["deployments"]
+    (dep,) = [d for d in spec["deployments"] if d["name"] == name]
     cwd = os.getcwd()
     os.chdir(REPO)
     try:
         flow = load_flow_from_entrypoint(dep["entrypoint"])
     finally:
         os.chdir(cwd)
-    assert flow.name == "kd-retrain"
+    assert flow.name == entrypoint_flow
     schema = parameter_schema(flow.fn)
     assert set(dep["parameters"]) <= set(schema.properties), "deployment parameters must be flow parameters"
     flow.validate_parameters(dep["parameters"])
     (sched,) = dep["schedules"]
-    assert CronSchedule(cron=sched["cron"], timezone=sched["timezone"]).cron == "0 3 * * *"
+    assert CronSchedule(cron=sched["cron"], timezone=sched["timezone"]).cron == cron
     assert dep["work_pool"]["name"] == "kd-process"
 
 
