@@ -1,4 +1,5 @@
-"""Export a student to ONNX and to an int8 dynamically quantized ONNX (onnxruntime quantize_dynamic)."""
+"""Export a student to ONNX and to an int8 dynamically quantized ONNX (onnxruntime quantize_dynamic), and
+run ONNX graphs (`OnnxModel` on numpy batches, `OnnxModule` as a frozen torch module)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,22 @@ class OnnxModel:
     @property
     def size_bytes(self) -> int:
         return os.path.getsize(self.path)
+
+
+class OnnxModule(nn.Module):
+    """An ONNX graph as a frozen torch module (an imported teacher): inference only, no parameters, no
+    code — only the graph runs, in onnxruntime."""
+
+    def __init__(self, path: Path, threads: int = 1):
+        super().__init__()
+        self.onnx = OnnxModel(path, threads)
+        self.path = self.onnx.path
+        self.input_name = self.onnx.session.get_inputs()[0].name
+
+    @property
+    def size_bytes(self) -> int:
+        return self.onnx.size_bytes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.onnx.session.run(None, {self.input_name: x})[0])

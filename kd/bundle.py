@@ -1,0 +1,35 @@
+"""The deployable bundles (`kd.predictor` layout): the student with its ONNX, int8 and edge graphs and its
+training reference, and the teacher directory made a predictor too. Built by the pipeline stages, so DVC
+versions them; registered by `kd.publish`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from kd.card import describe
+from kd.edge import build_edge_model
+from kd.export import quantize_int8, to_onnx
+from kd.models import load
+
+
+def write_student_bundle(out: Path, checkpoint: Path, prep, export_onnx: bool, reference: pd.DataFrame, extra: dict) -> Path:
+    """The deployable student (`kd.predictor` layout): predictor.json, model.pt, and with ONNX export the
+    fp32 and int8 graphs plus the edge graph (preprocessing inside, from the int8 student)."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(checkpoint, out / "model.pt")
+    backend = "torch"
+    if export_onnx:
+        student, _ = load(checkpoint)
+        onnx_path = to_onnx(student, prep.x["test"].shape[1], out / "student.onnx")
+        int8 = quantize_int8(onnx_path, out / "student_int8.onnx")
+        build_edge_model(prep.preprocessor, int8, out / "edge.onnx")
+        backend = "onnx_int8"
+    reference.to_parquet(out / "reference.parquet", index=False)
+    meta = describe(prep.preprocessor, prep.classes, prep.meta["label_column"], prep.meta["sensitive_columns"], "student",
+                    {"backend": backend} | extra)
+    (out / "predictor.json").write_text(json.dumps(meta, indent=2))
+    return out
