@@ -1,0 +1,220 @@
+"""The one typed configuration: `params.yaml` parsed into `Params`.
+
+Every field has a default, so `params.yaml` holds only what the user changes (an empty file is the
+embedded default). Sections are named after the pipeline stages that read them; the `config` stage
+writes the resolved file (`params.resolved.yaml`, every key with its value) that `dvc.yaml` stages list
+their params from, so DVC re-runs exactly the stages whose values changed — whether the change came
+from `params.yaml` or from a default here. Unknown keys, wrong types and impossible values are errors
+that name the key and the expected form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kd.config.base import ConfigError, Section
+from kd.config.checks import (
+    CalibrationParams,
+    ChecksParams,
+    DriftParams,
+    FairnessParams,
+    GateParams,
+    RegistryParams,
+)
+from kd.config.data import DataParams, SyntheticParams, ValidateParams
+from kd.config.monitor import MonitorParams
+from kd.config.serve import ServeParams
+from kd.config.train import (
+    LOSS_NAMES,
+    AugmentParams,
+    DistillParams,
+    EnsembleMember,
+    EvaluateParams,
+    ModelSpec,
+    SoftTargetParams,
+    StudentParams,
+    TeacherParams,
+    TrainParams,
+)
+
+__all__ = [
+    "LOSS_NAMES",
+    "RESOLVED",
+    "AugmentParams",
+    "CalibrationParams",
+    "ChecksParams",
+    "ConfigError",
+    "DataParams",
+    "DistillParams",
+    "DriftParams",
+    "EnsembleMember",
+    "EvaluateParams",
+    "FairnessParams",
+    "GateParams",
+    "ModelSpec",
+    "Params",
+    "PathsParams",
+    "RegistryParams",
+    "Section",
+    "ServeParams",
+    "SoftTargetParams",
+    "StudentParams",
+    "SyntheticParams",
+    "TeacherParams",
+    "TrainParams",
+    "ValidateParams",
+    "load_params",
+    "parse_params",
+    "reference_markdown",
+]  # fmt: skip
+
+RUNTIME_SECTIONS = ("serve", "monitor")  # how a model is served and watched, not how it is made
+RESOLVED = "params.resolved.yaml"  # written by the `config` stage; the params file of every other dvc.yaml stage
+
+
+class PathsParams(Section):
+    """The project layout: where each stage writes, relative to the project root. Not a setting —
+    dvc.yaml declares the same paths (its `vars`), and a test keeps the two equal."""
+
+    prepared: str = "data/prepared"
+    """validated, split, preprocessed data set, with the raw splits (DVC output)"""
+    validation: str = "reports/validation"
+    """validation.json and Great Expectations Data Docs"""
+    teacher: str = "models/teacher"
+    """teacher checkpoints and teacher.json (DVC output)"""
+    soft_targets: str = "cache/soft_targets"
+    """the soft-target cache (DVC output, persisted across re-runs)"""
+    models: str = "models/distilled"
+    """student and scratch-baseline checkpoints (DVC output)"""
+    export: str = "models/export"
+    """student.onnx, student_int8.onnx and the edge model (DVC output)"""
+    reports: str = "reports/evaluate"
+    """metrics.json, reliability.png, confusion.png, predictions.npz"""
+    checks: str = "reports/checks"
+    """checks.json, drift HTML reports, fairness charts"""
+    checkpoints: str = "checkpoints"
+    """per-epoch training checkpoints for resume (not versioned)"""
+    publish: str = "reports/publish"
+    """gate table, predictor bundles and publish record written after the stages (not a DVC output)"""
+    logs: str = "logs"
+    """full logs of `kd run` (the console shows one line per stage)"""
+    monitor: str = "reports/monitor"
+    """the last monitoring run's reports (drift HTML, monitor.json); every run's are in MLflow"""
+
+
+class Params(Section):
+    seed: int = 0
+    """seed for splits, initialisation, batch order and augmentation views"""
+    threads: int = Field(1, ge=1)
+    """torch/onnxruntime CPU threads per stage: 1 is fastest for small models and immune to a busy machine"""
+    data: DataParams = Field(default_factory=DataParams)
+    validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
+    teacher: TeacherParams = Field(default_factory=TeacherParams)
+    soft_targets: SoftTargetParams = Field(default_factory=SoftTargetParams)
+    student: StudentParams = Field(default_factory=StudentParams)
+    distill: DistillParams = Field(default_factory=DistillParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    checks: ChecksParams = Field(default_factory=ChecksParams)
+    gates: GateParams = Field(default_factory=GateParams)
+    registry: RegistryParams = Field(default_factory=RegistryParams)
+    serve: ServeParams = Field(default_factory=ServeParams)
+    monitor: MonitorParams = Field(default_factory=MonitorParams)
+    paths: PathsParams = Field(default_factory=PathsParams, exclude=True)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True, use_attribute_docstrings=True)
+
+    def student_spec(self) -> ModelSpec:
+        return self.teacher.model if self.student.same_as_teacher else self.student.model
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting with its value (the layout `paths` is not a setting)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def section_hash(self, *sections: str) -> str:
+        """A stable hash of the named sections (when none given: all but the runtime ones, which do not shape a
+        model): a cache/lineage key."""
+        d = self.to_dict()
+        picked = {s: d[s] for s in sections} if sections else {k: v for k, v in d.items() if k not in RUNTIME_SECTIONS}
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_error(err: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: {err.error_count()} invalid setting(s)"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - {key}: unknown key (check the spelling; see docs/CONFIGURATION.md)")
+        else:
+            found = e.get("input")
+            found_s = "" if isinstance(found, dict) else f" (found {found!r})"
+            lines.append(f"  - {key}: {e['msg']}{found_s}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any] | None, origin: str = "params") -> Params:
+    raw = dict(raw or {})
+    if "paths" in raw:
+        raise ConfigError(f"{origin}: paths: not a setting; the project layout is declared once in dvc.yaml (vars: paths)")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, origin)) from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read `params.yaml` (missing file = all defaults), apply `key.sub=value` overrides, validate."""
+    path = Path(path)
+    raw: dict[str, Any] = {}
+    if path.exists():
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file (cannot be decoded as UTF-8)") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level, found {type(raw).__name__}")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. student.train.epochs=5")
+        node = raw
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p} is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return parse_params(raw, str(path))
+
+
+def resolved_yaml(p: Params) -> str:
+    """The resolved params file: every setting, defaults filled in (what DVC's params deps read)."""
+    head = "# Written by `kd stage config` from params.yaml and kd's defaults; do not edit (edit params.yaml).\n"
+    return head + yaml.safe_dump(p.to_dict(), sort_keys=False)
+
+
+def reference_markdown() -> str:
+    """The configuration reference (docs/CONFIGURATION.md): every key, its default and its meaning."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+
+    def walk(model: BaseModel, prefix: str) -> None:
+        for name, f in type(model).model_fields.items():
+            if f.exclude:
+                continue
+            value = getattr(model, name)
+            path = f"{prefix}{f.alias or name}"
+            if isinstance(value, BaseModel):
+                walk(value, path + ".")
+            else:
+                shown = json.dumps(value) if isinstance(value, (list, dict, str)) else repr(value)
+                rows.append(f"| `{path}` | `{shown}` | {(f.description or '').replace('|', '/')} |")
+
+    walk(Params(), "")
+    return "\n".join(rows) + "\n"
