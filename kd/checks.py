@@ -16,7 +16,7 @@ import pandas as pd
 from kd.calibration import ece, fit_temperature, softmax
 from kd.config import Params
 from kd.data import Prepared
-from kd.drift import drift_gate, drift_report
+from kd.drift import MAX_ROWS, drift_gate, drift_report
 from kd.fairness import fairness_checks
 from kd.gates import Gate, at_most, skipped
 
@@ -36,8 +36,10 @@ def _jsonable(x):
     return x
 
 
-def _frame(x: np.ndarray, names: list[str]) -> pd.DataFrame:
-    return pd.DataFrame(np.asarray(x, dtype=np.float64), columns=names)
+def _frame(x: np.ndarray, names: list[str], max_rows: int, seed: int) -> pd.DataFrame:
+    """A seeded sample of at most `max_rows` rows (read from the memory map, never the whole array)."""
+    idx = np.arange(len(x)) if len(x) <= max_rows else np.sort(np.random.default_rng(seed).choice(len(x), max_rows, replace=False))
+    return pd.DataFrame(np.asarray(x[idx], dtype=np.float64), columns=names)
 
 
 def data_gap_drift(prep: Prepared, p: Params, out_dir: Path) -> tuple[dict | None, Gate]:
@@ -54,8 +56,8 @@ def data_gap_drift(prep: Prepared, p: Params, out_dir: Path) -> tuple[dict | Non
     if prep.x_transfer is None or len(prep.x_transfer) == 0:
         return None, skipped("drift_data_gap", "no transfer set: the student distils on the training split only")
     result = drift_report(
-        _frame(prep.x["train"], prep.feature_names),
-        _frame(prep.x_transfer, prep.feature_names),
+        _frame(prep.x["train"], prep.feature_names, MAX_ROWS, 0),
+        _frame(prep.x_transfer, prep.feature_names, MAX_ROWS, 1),
         out_dir / "drift_data_gap.html",
         d.drift_share,
         title="train vs transfer set",
@@ -136,10 +138,10 @@ def run_checks(prep: Prepared, preds: dict[str, np.ndarray], p: Params, out_dir:
     if not p.checks.fairness.enabled:
         gates.append(skipped("fairness", "checks.fairness.enabled is false"))
     else:
+        models = {k: preds[f"{k}_test"] for k in ("teacher", "student", "scratch") if f"{k}_test" in preds}
         fairness, fg = fairness_checks(
             prep.y["test"],
-            preds["teacher_test"],
-            preds["student_test"],
+            models,
             prep.groups.get("test", {}),
             prep.classes,
             p.checks.fairness,

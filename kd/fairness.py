@@ -99,29 +99,27 @@ def group_report(y_true, y_pred, groups: np.ndarray, classes: list[str]) -> dict
     return out
 
 
-def _plot(attr: str, teacher: dict, student: dict, metric: str, p: FairnessParams, path: Path) -> Path:
+def _plot(attr: str, reports: dict[str, dict], metric: str, p: FairnessParams, path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(teacher["by_group"])
+    first = next(iter(reports.values()))
+    names = list(first["by_group"])
     x = np.arange(len(names))
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.8), gridspec_kw={"width_ratios": [max(len(names), 2), 2]})
-    for off, (who, rep) in zip((-0.2, 0.2), (("teacher", teacher), ("student", student))):
-        a1.bar(x + off, [rep["by_group"][g]["accuracy"] for g in names], 0.4, label=who)
-    a1.set(
-        xticks=x,
-        xticklabels=[f"{g}\n(n={teacher['by_group'][g]['n']})" for g in names],
-        ylabel="accuracy",
-        ylim=(0, 1.05),
-        title=f"accuracy by {attr}",
-    )
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [max(len(names), 2), 2]})
+    width = 0.8 / len(reports)
+    for k, (who, rep) in enumerate(reports.items()):
+        a1.bar(x + (k - (len(reports) - 1) / 2) * width, [rep["by_group"][g]["accuracy"] for g in names], width, label=who)
+    small = set(first.get("small_groups", {}))
+    a1.set(xticks=x, xticklabels=[f"{g}\n(n={first['by_group'][g]['n']}{', not gated' if g in small else ''})" for g in names],
+           ylabel="accuracy", ylim=(0, 1.05), title=f"accuracy by {attr}")
     a1.legend(loc="lower right", fontsize=8)
-    a2.bar([0, 1], [teacher[metric], student[metric]], 0.6, color=["C0", "C1"])
+    values = [rep[metric] for rep in reports.values()]
+    a2.bar(range(len(values)), values, 0.6, color=[f"C{k}" for k in range(len(values))])
     a2.axhline(p.max_disparity, color="k", ls="--", lw=1, label=f"max_disparity {p.max_disparity:g}")
-    a2.axhline(teacher[metric] + p.max_amplification, color="r", ls=":", lw=1, label=f"teacher + max_amplification {p.max_amplification:g}")
-    a2.set(xticks=[0, 1], xticklabels=["teacher", "student"], ylim=(0, 1.05), title=metric.replace("_", " "))
+    a2.set(xticks=range(len(values)), xticklabels=list(reports), ylim=(0, 1.05), title=metric.replace("_", " "))
     a2.legend(loc="upper right", fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,37 +128,50 @@ def _plot(attr: str, teacher: dict, student: dict, metric: str, p: FairnessParam
     return path
 
 
-def fairness_checks(
-    y_true, pred_teacher, pred_student, groups: dict[str, np.ndarray], classes: list[str], p: FairnessParams, out_dir: Path
-) -> tuple[dict, list[Gate]]:
-    """Teacher vs student group fairness per sensitive attribute, a chart and two gates per attribute.
+def fairness_checks(y_true, preds: dict[str, np.ndarray], groups: dict[str, np.ndarray], classes: list[str], p: FairnessParams,
+                    out_dir: Path) -> tuple[dict, list[Gate]]:
+    """Group fairness of each model in `preds` ("teacher", "student", "scratch": labels or probabilities)
+    per sensitive attribute, a chart and three gates per attribute.
 
-    `fairness_<attr>`: student disparity (p.metric, fairlearn) <= p.max_disparity.
-    `bias_amplification_<attr>`: student disparity - teacher disparity <= p.max_amplification
-    (Lukasik et al. 2021, "Teacher's pet: understanding and mitigating biases in distillation").
-    Predictions may be labels (N,) or probabilities (N, C). Charts at out_dir/fairness_<attr>.png.
+    Only groups with at least `p.min_group_size` test rows are gated (smaller ones are reported: their
+    rates are noise). `fairness_<attr>`: student disparity (p.metric, fairlearn) <= p.max_disparity.
+    `bias_amplification_<attr>`: student - teacher disparity <= p.max_amplification (Lukasik et al. 2021,
+    "Teacher's pet: understanding and mitigating biases in distillation"). `bias_vs_scratch_<attr>`:
+    student - scratch disparity <= p.max_amplification: distillation made the small model less fair than
+    training it alone, as opposed to "small models are less fair". Charts at out_dir/fairness_<attr>.png.
     """
     if not groups:
         return {}, [skipped("fairness", "no sensitive attributes (set data.sensitive_columns)")]
-    metric = p.metric
-    results: dict[str, dict] = {}
-    gates: list[Gate] = []
+    metric, results, gates = p.metric, {}, []
+    y_true = _labels(y_true)
     for attr, g in groups.items():
-        t = group_report(y_true, pred_teacher, g, classes)
-        s = group_report(y_true, pred_student, g, classes)
-        chart = _plot(attr, t, s, metric, p, Path(out_dir) / f"fairness_{attr}.png")
-        amp = s[metric] - t[metric]
-        results[attr] = {"metric": metric, "teacher": t, "student": s, "amplification": amp, "chart": chart.name}
-        cls = f" (worst class {s['worst_class'][metric]})" if s["task"] == "multiclass" else ""
-        gates.append(
-            at_most(f"fairness_{attr}", s[metric], p.max_disparity, detail=f"student {metric} {s[metric]:.4f}{cls} <= {p.max_disparity:g}")
-        )
-        gates.append(
-            at_most(
-                f"bias_amplification_{attr}",
-                amp,
-                p.max_amplification,
-                detail=f"student {s[metric]:.4f} - teacher {t[metric]:.4f} = {amp:+.4f} <= {p.max_amplification:g} (Lukasik et al. 2021)",
-            )
-        )
+        g = np.asarray(g).astype(str)
+        names, counts = np.unique(g, return_counts=True)
+        small = {str(n): int(c) for n, c in zip(names, counts) if c < p.min_group_size}
+        keep = ~np.isin(g, list(small))
+        full = {who: group_report(y_true, pr, g, classes) for who, pr in preds.items()}
+        gated = ({who: group_report(y_true[keep], _labels(pr)[keep], g[keep], classes) for who, pr in preds.items()}
+                 if len(set(g[keep])) >= 2 else None)
+        reports = {who: (gated[who] if gated else full[who]) | {"by_group": full[who]["by_group"], "small_groups": small}
+                   for who in preds}
+        chart = _plot(attr, reports, metric, p, Path(out_dir) / f"fairness_{attr}.png")
+        results[attr] = {"metric": metric, "min_group_size": p.min_group_size, "small_groups": small, "chart": chart.name,
+                         **reports}
+        if gated is None:
+            why = f"fewer than 2 groups of {attr} have >= {p.min_group_size} test rows (checks.fairness.min_group_size); sizes {dict(zip(map(str, names), map(int, counts)))}"
+            gates += [skipped(f"{kind}_{attr}", why) for kind in ("fairness", "bias_amplification", "bias_vs_scratch")]
+            continue
+        s = gated["student"][metric]
+        note = f" (groups under {p.min_group_size} rows not gated: {sorted(small)})" if small else ""
+        cls = f" (worst class {gated['student']['worst_class'][metric]})" if gated["student"]["task"] == "multiclass" else ""
+        gates.append(at_most(f"fairness_{attr}", s, p.max_disparity, detail=f"student {metric} {s:.4f}{cls} <= {p.max_disparity:g}{note}"))
+        for kind, ref in (("bias_amplification", "teacher"), ("bias_vs_scratch", "scratch")):
+            if ref not in gated:
+                gates.append(skipped(f"{kind}_{attr}", f"no {ref} predictions"))
+                continue
+            r = gated[ref][metric]
+            cite = " (Lukasik et al. 2021)" if ref == "teacher" else ""
+            results[attr][f"{kind}"] = s - r
+            gates.append(at_most(f"{kind}_{attr}", s - r, p.max_amplification,
+                                 detail=f"student {s:.4f} - {ref} {r:.4f} = {s - r:+.4f} <= {p.max_amplification:g}{cite}{note}"))
     return results, gates

@@ -51,10 +51,12 @@ def skipped(name: str, why: str) -> Gate:
     return Gate(name, True, None, None, "skip", why)
 
 
-def model_gates(metrics: dict, g: GateParams, champion_accuracy: float | None) -> list[Gate]:
+def model_gates(metrics: dict, g: GateParams, champion: dict | None) -> list[Gate]:
     """Absolute, retention and champion gates from `reports/metrics.json`-shaped metrics.
 
-    The ECE bound lives with the calibration check (`checks.calibration.max_ece`), one place only.
+    `champion` is the current champion evaluated on *this* run's test split ({"version", "accuracy",
+    "error"}), so both accuracies are measured on the same rows; None when there is no champion. The
+    ECE bound lives with the calibration check (`checks.calibration.max_ece`), one place only.
     """
     s, t = metrics["student"], metrics["teacher"]
     gates = [
@@ -66,12 +68,15 @@ def model_gates(metrics: dict, g: GateParams, champion_accuracy: float | None) -
             detail=f"student {s['accuracy']:.4f} >= {g.min_retention} x teacher {t['accuracy']:.4f}",
         ),
     ]
-    if champion_accuracy is None:
+    if champion is None:
         gates.append(skipped("champion_delta", "no current champion"))
+    elif champion["accuracy"] is None:
+        gates.append(Gate("champion_delta", False, None, None, "fail", champion["error"] + "; compare by hand, then 'kd promote'"))
     else:
+        c = champion["accuracy"]
         gates.append(at_least(
-            "champion_delta", s["accuracy"], champion_accuracy - g.max_champion_drop,
-            detail=f"student {s['accuracy']:.4f} >= champion {champion_accuracy:.4f} - {g.max_champion_drop}",
+            "champion_delta", s["accuracy"], c - g.max_champion_drop,
+            detail=f"student {s['accuracy']:.4f} >= champion v{champion['version']} {c:.4f} (on this test split) - {g.max_champion_drop}",
         ))
     return gates
 

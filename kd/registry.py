@@ -1,15 +1,18 @@
 """The MLflow adapter: tracking (a parent run per pipeline run, a child run per stage) and the model
-registry (versions, lineage tags, gate tags, the `champion` / `previous` aliases).
+registry (versions, tags, aliases), as thin calls. Promotion logic lives in `kd.aliases`, publication in
+`kd.publish`; this is the only `kd` module that imports mlflow.
 
-This is the only `kd` module that imports mlflow. Default store: SQLite at `<root>/mlflow.db`, with
-artifacts under `<root>/mlartifacts`, so `mlflow ui --backend-store-uri sqlite:///mlflow.db` shows
-everything and no server is needed.
+Default store: SQLite at `<root>/mlflow.db`, artifacts under `<root>/mlartifacts`, so `mlflow ui
+--backend-store-uri sqlite:///mlflow.db` shows everything and no server is needed. Every MLflow failure
+(an unreachable server, a refused request) surfaces as a `RegistryError` naming the store: never as a
+skipped gate or a silently missing artifact.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,43 +23,53 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from kd.config import RegistryParams
-from kd.gates import Gate
-
-CHAMPION, PREVIOUS = "champion", "previous"
 
 
 class RegistryError(RuntimeError):
-    """A registry operation that cannot be done as asked; nothing was changed."""
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    """A registry operation that failed or cannot be done as asked; the message names the store."""
 
 
 class Registry:
     def __init__(self, rp: RegistryParams, root: Path):
         self.root = Path(root)
         self.name = rp.model_name
+        self.teacher_name = rp.teacher_model_name
         self.uri = rp.uri(self.root)
+        user_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
+        for k, v in user_env.items():  # MLflow exports the URI to the environment; keep the user's (or none)
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
         self.client = MlflowClient(self.uri, self.uri)
         self.experiment = rp.experiment
 
+    @contextlib.contextmanager
+    def errors(self, doing: str):
+        """Turn MLflow's failures into one RegistryError that says what was being done, and where."""
+        try:
+            yield
+        except MlflowException as err:
+            first = str(err.message if hasattr(err, "message") else err).strip().splitlines()[0][:300]
+            raise RegistryError(f"MLflow at {self.uri}: {doing} failed: {first}") from None
+        except (OSError, ConnectionError) as err:
+            raise RegistryError(f"MLflow at {self.uri}: {doing} failed: {type(err).__name__}: {str(err)[:300]}") from None
+
     # ------------------------------------------------------------------ tracking
     def experiment_id(self) -> str:
-        exp = self.client.get_experiment_by_name(self.experiment)
-        if exp is not None:
-            return exp.experiment_id
-        location = (self.root / "mlartifacts").resolve().as_uri() if self.uri.startswith("sqlite:") else None
-        return self.client.create_experiment(self.experiment, artifact_location=location)
+        with self.errors(f"reading experiment {self.experiment!r}"):
+            exp = self.client.get_experiment_by_name(self.experiment)
+            if exp is not None:
+                return exp.experiment_id
+            location = (self.root / "mlartifacts").resolve().as_uri() if self.uri.startswith("sqlite:") else None
+            return self.client.create_experiment(self.experiment, artifact_location=location)
 
     def start_run(self, name: str, parent_run_id: str | None = None, tags: dict | None = None):
-        return mlflow.start_run(experiment_id=self.experiment_id(), run_name=name, parent_run_id=parent_run_id,
-                                nested=parent_run_id is not None, tags=tags)
+        experiment = self.experiment_id()
+        with self.errors(f"starting run {name!r}"):
+            return mlflow.start_run(experiment_id=experiment, run_name=name, parent_run_id=parent_run_id,
+                                    nested=parent_run_id is not None, tags=tags)
 
-    @staticmethod
-    def log_dict_flat(prefix: str, d: dict) -> None:
+    def log_dict_flat(self, prefix: str, d: dict) -> None:
         """Log a nested dict as params with dotted keys (`teacher.train.lr`)."""
         flat: dict[str, Any] = {}
 
@@ -68,151 +81,163 @@ class Registry:
                 flat[p] = v
 
         walk(prefix, d)
-        mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
+        with self.errors("logging params"):
+            mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
 
     @staticmethod
     def active_run_id() -> str:
         return mlflow.active_run().info.run_id
 
-    @staticmethod
-    def log_metrics(metrics: dict[str, float]) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        with self.errors("logging metrics"):
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
 
-    @staticmethod
-    def set_tags(tags: dict[str, Any]) -> None:
-        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        with self.errors("setting run tags"):
+            mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
-    @staticmethod
-    def log_artifacts(path: Path, artifact_path: str | None = None) -> None:
+    def log_artifacts(self, path: Path, artifact_path: str | None = None) -> None:
         path = Path(path)
-        if path.is_dir():
-            mlflow.log_artifacts(str(path), artifact_path=artifact_path)
-        elif path.exists():
-            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        with self.errors(f"logging {path.name}"):
+            if path.is_dir():
+                mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+            elif path.exists():
+                mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
-    @staticmethod
-    def log_input(features, targets, name: str, digest: str, source: str, context: str) -> None:
+    def log_input(self, features, targets, name: str, digest: str, source: str, context: str) -> None:
         """Record a data set used by the run (`mlflow.log_input`), identified by its DVC hash."""
-        import warnings
-
-        with warnings.catch_warnings():  # a local path matches two equivalent source types; MLflow picks one
+        with warnings.catch_warnings(), self.errors(f"logging input {name}"):
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
             ds = mlflow.data.from_numpy(features, targets=targets, name=name, digest=digest[:36], source=source)
-        mlflow.log_input(ds, context=context)
+            mlflow.log_input(ds, context=context)
 
-    def find_run(self, tags: dict[str, str]) -> str | None:
-        """The earliest run carrying all these tags (e.g. the run that trained a given teacher)."""
+    def find_runs(self, tags: dict[str, str], include_unfinished: bool = True) -> list:
+        """Runs carrying all these tags, oldest first (e.g. the run that trained a given teacher)."""
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-        runs = self.client.search_runs([self.experiment_id()], query, max_results=1, order_by=["attributes.start_time ASC"])
-        return runs[0].info.run_id if runs else None
+        experiment = self.experiment_id()
+        with self.errors("searching runs"):
+            runs = self.client.search_runs([experiment], query, max_results=1000, order_by=["attributes.start_time ASC"])
+        return [r for r in runs if include_unfinished or r.info.status == "FINISHED"]
 
-    @staticmethod
-    def log_student(model, example, onnx_files: list[Path]) -> str:
-        """Log the student as an MLflow PyTorch model (pt2: no pickle) with signature and input example."""
-        import torch
+    def delete_run(self, run_id: str) -> None:
+        """Soft-delete a run (an interrupted publication attempt); `mlflow gc` purges it."""
+        with self.errors(f"deleting run {run_id}"):
+            for child in self.client.search_runs([self.experiment_id()], f"tags.mlflow.parentRunId = '{run_id}'"):
+                self.client.delete_run(child.info.run_id)
+            self.client.delete_run(run_id)
+
+    def log_predictor(self, bundle: Path, name: str, example) -> str:
+        """Log a kd predictor bundle as an MLflow pyfunc model whose loader is `kd.predictor` (no pickle:
+        loading runs kd's code on the bundle's JSON, weights and ONNX files). Returns the model URI."""
         from mlflow.models import infer_signature
 
-        with torch.no_grad():
-            out = model(torch.from_numpy(example)).numpy()
-        info = mlflow.pytorch.log_model(
-            model, name="student", input_example=example, signature=infer_signature(example, out),
-            serialization_format="pt2", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
-        )
-        for f in onnx_files:
-            mlflow.log_artifact(str(f), artifact_path="onnx")
+        with warnings.catch_warnings(), self.errors(f"logging the {name} model"):
+            warnings.simplefilter("ignore")  # MLflow's notes on integer columns and environment inference
+            info = mlflow.pyfunc.log_model(
+                name=name, loader_module="kd.predictor", data_path=str(bundle), input_example=example,
+                signature=infer_signature(example), pip_requirements=["kd", "onnxruntime", "pandas", "pyarrow"],
+            )
         return info.model_uri
 
+    def download_run_file(self, run_id: str, path: str, dst: Path) -> Path:
+        with self.errors(f"downloading {path} of run {run_id}"):
+            return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst), tracking_uri=self.uri))
+
+    def download_model(self, uri: str, dst: Path) -> Path:
+        """A registered model's files (e.g. `models:/kd-student@champion`) in a local directory."""
+        Path(dst).mkdir(parents=True, exist_ok=True)
+        with self.errors(f"downloading {uri}"):
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=self.uri))
+
     # ------------------------------------------------------------------ registry
-    def _version(self, alias: str):
+    def version_by_alias(self, alias: str, name: str | None = None):
+        """The version holding `alias`, or None if no version holds it (any other failure is an error)."""
+        name = name or self.name
         try:
-            return self.client.get_model_version_by_alias(self.name, alias)
-        except MlflowException:
-            return None
+            return self.client.get_model_version_by_alias(name, alias)
+        except MlflowException as err:
+            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                return None
+            raise RegistryError(f"MLflow at {self.uri}: reading @{alias} of {name!r} failed: {str(err)[:300]}") from None
 
-    def champion(self):
-        return self._version(CHAMPION)
-
-    def register(self, model_uri: str, run_id: str, tags: dict[str, str]) -> str:
+    def version(self, version: str, name: str | None = None):
+        name = name or self.name
         try:
-            self.client.get_registered_model(self.name)
-        except MlflowException:
-            self.client.create_registered_model(self.name, description="Students distilled by kd; @champion serves.")
-        # register_model links the logged model (models:/m-...) as a tracking server requires;
-        # the run is recorded as a tag so the version can be traced to its pipeline run.
-        mv = mlflow.register_model(model_uri, self.name, tags={k: str(v) for k, v in tags.items()} | {"pipeline_run_id": run_id})
-        return str(mv.version)
+            return self.client.get_model_version(name, str(version))
+        except MlflowException as err:
+            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                return None
+            raise RegistryError(f"MLflow at {self.uri}: reading version {version} of {name!r} failed: {str(err)[:300]}") from None
 
-    def find_version(self, tag: str, value: str) -> str | None:
-        for mv in self.client.search_model_versions(f"name = '{self.name}'"):
+    def versions(self, name: str | None = None) -> list:
+        name = name or self.name
+        with self.errors(f"listing versions of {name!r}"):
+            return sorted(self.client.search_model_versions(f"name = '{name}'"), key=lambda m: int(m.version))
+
+    def find_version(self, tag: str, value: str, name: str | None = None) -> str | None:
+        for mv in self.versions(name):
             if mv.tags.get(tag) == value:
                 return str(mv.version)
         return None
 
-    def record_gates(self, version: str, gates: list[Gate]) -> None:
-        for g in gates:
-            value = "" if g.value is None else f" value={g.value:.6g}"
-            threshold = "" if g.threshold is None else f" threshold={g.threshold:.6g}"
-            self.client.set_model_version_tag(self.name, version, f"gate.{g.name}", f"{g.decision}{value}{threshold}")
-        failed = [g.name for g in gates if g.blocks]
-        self.client.set_model_version_tag(self.name, version, "gates.passed", str(not failed).lower())
-        self.client.set_model_version_tag(self.name, version, "gates.failed", ",".join(failed) or "none")
+    def register(self, model_uri: str, tags: dict[str, Any], name: str | None = None, description: str = "") -> str:
+        """A new version of `name` with its tags set in the same request (so a version never lacks them)."""
+        name = name or self.name
+        with self.errors(f"registering {model_uri} as {name!r}"):
+            try:
+                self.client.get_registered_model(name)
+            except MlflowException as err:
+                if err.error_code not in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+                    raise
+                self.client.create_registered_model(name, description=description)
+            # register_model links the logged model (models:/m-...) as a tracking server requires
+            mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+        return str(mv.version)
 
-    def promote(self, version: str, reason: str, by: str) -> dict:
-        """Move `champion` to `version` and `previous` to the former champion, recording who and why."""
-        try:
-            target = self.client.get_model_version(self.name, str(version))
-        except MlflowException:
-            raise RegistryError(f"model {self.name!r} has no version {version!r}; see 'kd status'") from None
-        old = self.champion()
-        if old is not None and old.version == target.version:
-            raise RegistryError(f"version {version} is already @{CHAMPION}")
-        if old is not None:
-            self.client.set_registered_model_alias(self.name, PREVIOUS, old.version)
-        self.client.set_registered_model_alias(self.name, CHAMPION, target.version)
-        for k, v in {"promoted_at": _now(), "promoted_by": by, "promotion_reason": reason}.items():
-            self.client.set_model_version_tag(self.name, target.version, k, v)
-        return {"champion": str(target.version), "previous": None if old is None else str(old.version)}
+    def set_version_tags(self, version: str, tags: dict[str, Any], name: str | None = None) -> None:
+        name = name or self.name
+        with self.errors(f"tagging version {version} of {name!r}"):
+            for k, v in tags.items():
+                self.client.set_model_version_tag(name, str(version), k, str(v))
 
-    def rollback(self, reason: str) -> dict:
-        """Give `champion` back to `previous`; the demoted version is tagged with when and why."""
-        prev, cur = self._version(PREVIOUS), self.champion()
-        if prev is None:
-            raise RegistryError(f"model {self.name!r} has no @{PREVIOUS} version to roll back to")
-        self.client.set_registered_model_alias(self.name, CHAMPION, prev.version)
-        self.client.delete_registered_model_alias(self.name, PREVIOUS)
-        if cur is not None:
-            self.client.set_model_version_tag(self.name, cur.version, "rolled_back_at", _now())
-            self.client.set_model_version_tag(self.name, cur.version, "rollback_reason", reason)
-        self.client.set_model_version_tag(self.name, prev.version, "promoted_at", _now())
-        self.client.set_model_version_tag(self.name, prev.version, "promotion_reason", f"rollback: {reason}")
-        return {"champion": str(prev.version), "demoted": None if cur is None else str(cur.version)}
+    def model_tags(self) -> dict[str, str]:
+        with self.errors(f"reading {self.name!r}"):
+            try:
+                return dict(self.client.get_registered_model(self.name).tags or {})
+            except MlflowException as err:
+                if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+                    return {}
+                raise
 
-    def describe(self) -> str:
-        try:
-            versions = self.client.search_model_versions(f"name = '{self.name}'")
-        except MlflowException:
-            versions = []
-        if not versions:
-            return f"no versions of {self.name!r} registered at {self.uri}"
-        aliases: dict[str, list[str]] = {}
-        for a, v in (self.client.get_registered_model(self.name).aliases or {}).items():
-            aliases.setdefault(str(v), []).append(a)
-        rows = ["| version | aliases | accuracy | gates | failed |", "|---|---|---|---|---|"]
-        for mv in sorted(versions, key=lambda m: int(m.version)):
-            t = mv.tags
-            rows.append(f"| {mv.version} | {','.join(aliases.get(str(mv.version), []))} | {t.get('accuracy', '')} | "
-                        f"{t.get('gates.passed', '')} | {t.get('gates.failed', '')} |")
-        return "\n".join(rows)
+    def aliases(self) -> dict[str, str]:
+        with self.errors(f"reading the aliases of {self.name!r}"):
+            try:
+                return {a: str(v) for a, v in (self.client.get_registered_model(self.name).aliases or {}).items()}
+            except MlflowException as err:
+                if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+                    return {}
+                raise
 
-    def download(self, run_id: str, path: str, dst: Path) -> Path | None:
-        try:
-            return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst), tracking_uri=self.uri))
-        except (MlflowException, OSError):
-            return None
+    def set_model_tag(self, key: str, value: str) -> None:
+        with self.errors(f"tagging {self.name!r}"):
+            self.client.set_registered_model_tag(self.name, key, value)
 
+    def delete_model_tag(self, key: str) -> None:
+        with self.errors(f"untagging {self.name!r}"):
+            try:
+                self.client.delete_registered_model_tag(self.name, key)
+            except MlflowException as err:
+                if err.error_code not in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+                    raise
 
-def load_torch_model(uri: str, tracking_uri: str):
-    """Load a PyTorch model logged to MLflow (e.g. `models:/kd-student@champion`) from that store."""
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    return mlflow.pytorch.load_model(uri, map_location="cpu")
+    def set_alias(self, alias: str, version: str | None) -> None:
+        """Point `alias` at `version`, or remove it (None)."""
+        with self.errors(f"moving @{alias} of {self.name!r}"):
+            if version is not None:
+                self.client.set_registered_model_alias(self.name, alias, str(version))
+                return
+            try:
+                self.client.delete_registered_model_alias(self.name, alias)
+            except MlflowException as err:
+                if err.error_code not in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+                    raise

@@ -71,9 +71,11 @@ def _biased_predictions(seed: int = 0, n: int = 2000):
 
 def test_bias_amplification_fails_for_biased_student(tmp_path):
     y, g, teacher, student = _biased_predictions()
-    res, gates = fairness_checks(y, teacher, student, {"group": g}, ["c0", "c1", "c2"], FairnessParams(), tmp_path)
+    res, gates = fairness_checks(y, {"teacher": teacher, "student": student, "scratch": teacher}, {"group": g}, ["c0", "c1", "c2"],
+                                 FairnessParams(), tmp_path)
     by = {x.name: x for x in gates}
-    assert set(by) == {"fairness_group", "bias_amplification_group"}
+    assert set(by) == {"fairness_group", "bias_amplification_group", "bias_vs_scratch_group"}
+    assert by["bias_vs_scratch_group"].blocks  # the scratch model (here: as fair as the teacher) is fairer too
     t, s = res["group"]["teacher"], res["group"]["student"]
     assert t["equalized_odds_difference"] < 0.1
     assert by["bias_amplification_group"].blocks
@@ -88,7 +90,7 @@ def test_identical_student_has_zero_amplification(tmp_path):
     y, g, teacher, _ = _biased_predictions()
     probs = np.eye(3)[teacher] * 0.8 + 0.2 / 3  # probabilities are accepted too
     p = FairnessParams(metric="demographic_parity_difference")
-    res, gates = fairness_checks(y, probs, teacher, {"group": g}, ["c0", "c1", "c2"], p, tmp_path)
+    res, gates = fairness_checks(y, {"teacher": probs, "student": teacher, "scratch": teacher}, {"group": g}, ["c0", "c1", "c2"], p, tmp_path)
     assert res["group"]["metric"] == "demographic_parity_difference"
     amp = next(x for x in gates if x.name == "bias_amplification_group")
     assert amp.value == pytest.approx(0.0) and amp.passed
@@ -96,5 +98,43 @@ def test_identical_student_has_zero_amplification(tmp_path):
 
 
 def test_no_sensitive_attributes_is_one_skipped_gate(tmp_path):
-    res, gates = fairness_checks(Y, P, P, {}, ["no", "yes"], FairnessParams(), tmp_path)
+    res, gates = fairness_checks(Y, {"teacher": P, "student": P}, {}, ["no", "yes"], FairnessParams(), tmp_path)
     assert res == {} and len(gates) == 1 and gates[0].action == "skip" and not gates[0].blocks
+
+
+def test_small_groups_are_reported_not_gated(tmp_path):
+    """A 19-row group must not decide a promotion: its rates are reported, the gates use the big groups."""
+    y, g, teacher, student = _biased_predictions()
+    g = g.astype(object)
+    tiny = np.flatnonzero(g == "a")[:19]
+    g[tiny] = "tiny"
+    student = student.copy()
+    student[tiny] = (y[tiny] + 1) % 3  # the student is always wrong on the tiny group
+    res, gates = fairness_checks(y, {"teacher": teacher, "student": student, "scratch": teacher}, {"group": g}, ["c0", "c1", "c2"],
+                                 FairnessParams(min_group_size=30), tmp_path)
+    r = res["group"]
+    assert r["small_groups"] == {"tiny": 19} and r["student"]["by_group"]["tiny"]["accuracy"] == 0.0
+    gated_groups = set(group_report(y[g != "tiny"], student[g != "tiny"], g[g != "tiny"], ["c0", "c1", "c2"])["by_group"])
+    assert gated_groups == {"a", "b"}
+    by = {x.name: x for x in gates}
+    expected = group_report(y[g != "tiny"], student[g != "tiny"], g[g != "tiny"], ["c0", "c1", "c2"])["equalized_odds_difference"]
+    assert by["fairness_group"].value == pytest.approx(expected) and "not gated: ['tiny']" in by["fairness_group"].detail
+
+
+def test_too_few_big_groups_skip_the_gates_with_the_sizes(tmp_path):
+    y, g, teacher, student = _biased_predictions(n=200)
+    res, gates = fairness_checks(y, {"teacher": teacher, "student": student, "scratch": teacher}, {"group": g}, ["c0", "c1", "c2"],
+                                 FairnessParams(min_group_size=150), tmp_path)
+    assert len(gates) == 3 and all(x.action == "skip" and not x.blocks for x in gates)
+    assert "min_group_size" in gates[0].detail and "'a':" in gates[0].detail
+
+
+def test_student_as_unfair_as_scratch_is_not_blamed_on_distillation(tmp_path):
+    """Small models can be less fair than the teacher on their own: amplification vs the teacher fails,
+    the comparison with the scratch student (the same small model, no teacher) passes."""
+    y, g, teacher, student = _biased_predictions()
+    res, gates = fairness_checks(y, {"teacher": teacher, "student": student, "scratch": student.copy()}, {"group": g},
+                                 ["c0", "c1", "c2"], FairnessParams(), tmp_path)
+    by = {x.name: x for x in gates}
+    assert by["bias_amplification_group"].blocks and by["bias_vs_scratch_group"].passed
+    assert by["bias_vs_scratch_group"].value == pytest.approx(0.0)

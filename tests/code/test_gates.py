@@ -35,7 +35,14 @@ def test_all_pass_and_champion_gate_skipped_without_champion():
     ],
 )
 def test_each_gate_blocks_on_its_own(params, champion, failed):
-    assert {g.name for g in blocked(model_gates(METRICS, params, champion))} == failed
+    champ = None if champion is None else {"version": "3", "accuracy": champion, "error": ""}
+    assert {g.name for g in blocked(model_gates(METRICS, params, champ))} == failed
+
+
+def test_a_champion_that_cannot_be_evaluated_blocks_with_the_reason():
+    champ = {"version": "3", "accuracy": None, "error": "champion v3 cannot predict this test split: missing column(s) ['f9']"}
+    gates = _by_name(model_gates(METRICS, GateParams(), champ))
+    assert gates["champion_delta"].blocks and "missing column(s) ['f9']" in gates["champion_delta"].detail
 
 
 def test_warn_and_skip_never_block_and_table_shows_decisions():
@@ -51,3 +58,12 @@ def test_cache_benchmark_quick_runs_and_prints_its_table(tmp_path):
     out = subprocess.run([sys.executable, str(root / "benchmarks" / "cache.py"), "--quick"], capture_output=True, text=True, cwd=root, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "| mlp 32x1, batch 64 | cached |" in out.stdout and "fp16 top-5" in out.stdout
+
+
+@pytest.mark.slow
+def test_loss_cost_benchmark_quick_runs_and_prints_its_table():
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "loss_cost.py"), "--quick"], capture_output=True, text=True, cwd=root,
+                         timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| 64 | kd+dist (cache) |" in out.stdout and "| 256 | kd+crd (online, K=16384) |" in out.stdout

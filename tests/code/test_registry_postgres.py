@@ -9,12 +9,9 @@ import time
 import urllib.request
 import uuid
 
-import numpy as np
 import pytest
-import torch
 
 from kd.config import RegistryParams
-from kd.gates import Gate
 
 PG = "postgresql://postgres@127.0.0.1:5432"
 
@@ -62,38 +59,33 @@ def mlflow_server(pg_uri, tmp_path):
 
 
 @pytest.mark.parametrize("through", ["store", "server"])
-def test_register_gate_promote_rollback_on_postgres(request, through, tmp_path):
+def test_register_gate_promote_rollback_on_postgres(request, through, tmp_path, tiny_bundle):
+    from kd import aliases
     from kd.registry import Registry, RegistryError
 
+    bundle, frame = tiny_bundle
     uri = request.getfixturevalue("pg_uri" if through == "store" else "mlflow_server")
     reg = Registry(RegistryParams(tracking_uri=uri, experiment=f"kd-{uuid.uuid4().hex[:6]}"), tmp_path)
-    # artifacts go to a local directory; the backend store (runs, registry) is PostgreSQL
-    reg.client.set_experiment_tag(reg.experiment_id(), "purpose", "test")
-    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
     versions = []
     for i in range(3):
-        with reg.start_run(f"run {i}") as run:
-            uri = reg.log_student(model, np.zeros((2, 4), np.float32), [])
-            versions.append(reg.register(uri, run.info.run_id, {"accuracy": f"0.9{i}", "dvc.models": f"h{i}"}))
-    assert versions == ["1", "2", "3"] and reg.champion() is None
-    reg.record_gates("1", [Gate("accuracy", True, 0.9, 0.5)])
-    assert reg.promote("1", reason="first", by="test") == {"champion": "1", "previous": None}
-    reg.record_gates("2", [Gate("accuracy", False, 0.4, 0.5), Gate("drift", False, 0.7, 0.5, "warn")])
-    mv = reg.client.get_model_version(reg.name, "2")
-    assert mv.tags["gates.passed"] == "false" and mv.tags["gates.failed"] == "accuracy" and mv.tags["gate.drift"].startswith("warn")
-    assert str(reg.champion().version) == "1"  # recording a failure moves nothing
-    assert reg.promote("3", reason="by hand", by="test") == {"champion": "3", "previous": "1"}
+        with reg.start_run(f"run {i}"):
+            model_uri = reg.log_predictor(bundle, "student", frame[["x", "colour"]].head(2))
+        versions.append(reg.register(model_uri, {"accuracy": f"0.9{i}", "kd.candidate": f"h{i}"}))
+    assert versions == ["1", "2", "3"] and reg.version_by_alias("champion") is None
+    assert aliases.promote(reg, "1", reason="first", by="test") == {"champion": "1", "previous": None}
+    assert aliases.promote(reg, "3", reason="by hand", by="test") == {"champion": "3", "previous": "1"}
     with pytest.raises(RegistryError, match="already @champion"):
-        reg.promote("3", reason="again", by="test")
+        aliases.promote(reg, "3", reason="again", by="test")
     with pytest.raises(RegistryError, match="no version '9'"):
-        reg.promote("9", reason="typo", by="test")
-    assert reg.rollback("bad deploy") == {"champion": "1", "demoted": "3"}
-    assert reg.client.get_model_version(reg.name, "3").tags["rollback_reason"] == "bad deploy"
+        aliases.promote(reg, "9", reason="typo", by="test")
+    assert aliases.rollback(reg, "bad deploy") == {"champion": "1", "previous": None, "demoted": "3"}
+    assert reg.version("3").tags["rollback_reason"] == "bad deploy"
     with pytest.raises(RegistryError, match="no @previous"):
-        reg.rollback("twice")
-    assert reg.find_version("dvc.models", "h1") == "2"
-    assert "| 1 | champion |" in reg.describe()
-    import mlflow.pytorch
+        aliases.rollback(reg, "twice")
+    assert reg.find_version("kd.candidate", "h1") == "2"
+    assert [e["action"] for e in aliases.history(reg)] == ["promote", "promote", "rollback"]
+    import mlflow.pyfunc
 
-    champion = mlflow.pytorch.load_model(f"models:/{reg.name}@champion")
-    assert champion(torch.zeros(2, 4)).shape == (2, 3)
+    champion = mlflow.pyfunc.load_model(f"models:/{reg.name}@champion")
+    out = champion.predict(frame[["x", "colour"]].head(5))
+    assert list(out.columns) == ["label", "probabilities"] and set(out["label"]) <= {"no", "yes"}
