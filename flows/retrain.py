@@ -8,6 +8,7 @@ only orders them, retries transient failures, and reports (logs, a markdown arti
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -20,12 +21,16 @@ for _var, _val in {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from kd.config import load_params
+from kd.config import RESOLVED, load_params
 from kd.stages import STAGES, error_file
 
 
 class StageFailed(RuntimeError):
-    """A pipeline stage failed on its own (bad data, bad config): not retried, reported with its reason."""
+    """A pipeline stage failed on its own: not retried, reported with its reason."""
+
+
+class BadInput(StageFailed):
+    """A stage refused its input (config, data file, teacher to import): the user's to fix."""
 
 
 def _transient(_task, _run, state) -> bool:
@@ -51,6 +56,8 @@ def reproduce(root: str, stage: str, force: bool = False) -> dict:
     log = get_run_logger()
     logging.getLogger("dvc").setLevel(logging.WARNING)  # DVC's 'git add dvc.lock' hints are noise here
     t0 = time.perf_counter()
+    resolved = Path(root) / RESOLVED
+    before = resolved.read_bytes() if resolved.exists() else None
     with contextlib.chdir(root), Repo(root) as repo:  # DVC resolves targets from the cwd
         changed = force or bool(repo.status(targets=[stage]))
         if changed:
@@ -59,11 +66,18 @@ def reproduce(root: str, stage: str, force: bool = False) -> dict:
                 repo.reproduce(stage, single_item=True, force=force)
             except ReproductionError as err:
                 why = error_file(Path(root), load_params(Path(root) / "params.yaml"), stage)
-                detail = why.read_text() if why.exists() else f"see the output of 'kd stage {stage}' above ({err.__cause__})"
-                raise StageFailed(f"stage {stage} failed: {detail}") from None
+                if not why.exists():
+                    raise StageFailed(f"stage {stage} failed: see the output of 'kd stage {stage}' in the log ({err.__cause__})") from None
+                detail = json.loads(why.read_text())
+                kind = BadInput if detail["kind"] == "input" else StageFailed
+                raise kind(f"stage {stage} failed: {detail['message']}") from None
         else:
             log.info("stage %s is up to date: skipped", stage)
-    return {"stage": stage, "ran": changed, "seconds": round(time.perf_counter() - t0, 2)}
+    if stage == "config":  # it runs every time (input hashes); it changed something only if its file did
+        changed = force or resolved.read_bytes() != before
+    seconds = round(time.perf_counter() - t0, 2)
+    log.info("kd: %-14s %s (%.1f s)", stage, "ran" if changed else "up to date", seconds)
+    return {"stage": stage, "ran": changed, "seconds": seconds}
 
 
 @task(retries=2, retry_delay_seconds=3)
@@ -78,24 +92,26 @@ def push(root: str) -> int:
 
 
 @task
-def register(root: str, p, runs: list[dict]) -> dict:
+def register(root: str, p, runs: list[dict], reason: str = "") -> dict:
     """Track the run in MLflow, register the student and move @champion only if every gate passes."""
     from kd.publish import publish
 
-    return publish(Path(root), p, runs)
+    return publish(Path(root), p, runs, reason)
 
 
 @flow(name="kd-retrain")
-def retrain(root: str = ".", force: bool = False, push_remote: bool = True) -> dict:
-    """Validate -> teacher -> soft targets -> distil -> evaluate -> checks, then register and gate."""
+def retrain(root: str = ".", force: bool = False, push_remote: bool = True, reason: str = "") -> dict:
+    """Validate -> teacher -> soft targets -> distil -> evaluate -> checks, then register and gate.
+    `reason`: why this run was started (a schedule, a person, the monitor's breached signals), recorded
+    on the MLflow run."""
     root = str(Path(root).resolve())
     p = load_params(Path(root) / "params.yaml")
     runs = []
     for name in STAGES:
         runs.append(reproduce.with_options(name=name)(root, name, force))
-    result = register(root, p, runs)
+    result = register(root, p, runs, reason)
+    get_run_logger().info("kd: %-14s %s", "publish", result["note"])
     if push_remote:
         result["dvc_pushed"] = push(root)
     create_markdown_artifact(key="kd-retrain-summary", markdown=result["markdown"], description="kd retrain: results and gate decisions")
-    get_run_logger().info("%s", result["note"])
     return result

@@ -1,5 +1,14 @@
-"""Deterministic stratified splits, a preprocessor fitted on the training split only, and the
-prepared data set on disk (`data/prepared/`: arrays.npz + meta.json, no pickle)."""
+"""Deterministic stratified splits, and the prepared data set on disk.
+
+Splits are made chunk by chunk (each chunk stratified by label, seeded by the run's seed and the chunk's
+index), so a source of any size splits the same way on every read; a source of one chunk splits exactly
+as scikit-learn's `train_test_split(random_state=seed)` does.
+
+`data/prepared/` holds one `.npy` file per array (`x_train.npy`, `y_train.npy`, `g_train__<attr>.npy`,
+…, `x_transfer.npy`: plain arrays, no pickle), memory-mapped on load so a stage reads only the rows it
+touches; `meta.json` (schema, preprocessing, sizes, the content hash); and `raw/<split>.parquet`, the
+splits' raw rows (the complete predictor's input; for the training split a seeded sample).
+"""
 
 from __future__ import annotations
 
@@ -10,118 +19,101 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from kd.config import DataParams
-from kd.sources import DataError, RawData
+from kd.preprocess import Preprocessor
+from kd.sources import DataError, Source
 
 SPLITS = ("train", "val", "test")
+RAW_TRAIN_ROWS = 100_000  # training rows kept raw (a seeded sample beyond this)
+
+
+def chunk_seed(seed: int, index: int) -> int:
+    return seed if index == 0 else (seed * 1_000_003 + index) % 2**32
+
+
+def split_chunk(df: pd.DataFrame, label: str, p: DataParams, seed: int, index: int, fixed_test: bool, fixed_val: bool) -> dict[str, pd.DataFrame]:
+    """One chunk's rows per split: stratified by label where every class has two rows, seeded per chunk."""
+    df = df.reset_index(drop=True)
+    if df.empty:
+        return {s: df for s in SPLITS}
+    rs = chunk_seed(seed, index)
+    codes = np.unique(df[label].astype(str).to_numpy(), return_inverse=True)[1]  # the classes scikit-learn sees
+    rest, parts = np.arange(len(df)), {}
+    if not fixed_test:
+        rest, parts["test"] = _cut(rest, codes, p.test_fraction, rs)
+    if not fixed_val:
+        frac = p.val_fraction / (1 - (0 if fixed_test else p.test_fraction))
+        rest, parts["val"] = _cut(rest, codes, frac, rs)
+    parts["train"] = rest
+    return {s: df.take(parts[s]).reset_index(drop=True) if s in parts else df.iloc[:0] for s in SPLITS}
+
+
+def _cut(rows: np.ndarray, codes: np.ndarray, frac: float, rs: int) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's train_test_split of row numbers, stratified when every class has two rows (the same
+    split as of the rows themselves)."""
+    from sklearn.model_selection import train_test_split
+
+    if len(rows) < 2:  # a one-row chunk stays in the larger part
+        return rows, rows[:0]
+    y = codes[rows]
+    counts = np.bincount(y)
+    strat = y if counts[counts > 0].min() >= 2 else None
+    try:
+        return train_test_split(rows, test_size=frac, random_state=rs, stratify=strat)
+    except ValueError:  # a class too small for the requested split sizes in this chunk
+        return train_test_split(rows, test_size=frac, random_state=rs)
 
 
 @dataclass
 class Frames:
-    """Raw (untransformed) labelled frames per split, plus the unlabeled transfer frame."""
+    """Raw (untransformed) labelled frames per split, plus the unlabeled transfer frame (in memory)."""
 
     train: pd.DataFrame
     val: pd.DataFrame
     test: pd.DataFrame
     transfer: pd.DataFrame | None
-    raw: RawData
+    raw: Source
 
 
-def split(raw: RawData, p: DataParams, seed: int) -> Frames:
-    """Stratified train/val/test split by `seed`; sources with a fixed test (or val) split keep it."""
-    df = raw.frame.reset_index(drop=True)
-    y = df[raw.label].astype(str)
-    stratify = y if y.value_counts().min() >= 2 else None
-    if raw.fixed_test is not None:
-        rest, test = df, raw.fixed_test.reset_index(drop=True)
-    else:
-        rest, test = train_test_split(df, test_size=p.test_fraction, random_state=seed, stratify=stratify)
-    if raw.fixed_val is not None:
-        train, val = rest, raw.fixed_val.reset_index(drop=True)
-    else:
-        frac = p.val_fraction / (1 - (0 if raw.fixed_test is not None else p.test_fraction))
-        ys = rest[raw.label].astype(str)
-        strat = ys if ys.value_counts().min() >= 2 else None
-        train, val = train_test_split(rest, test_size=frac, random_state=seed, stratify=strat)
-    return Frames(train.reset_index(drop=True), val.reset_index(drop=True), test.reset_index(drop=True), raw.transfer, raw)
+def split(source: Source, p: DataParams, seed: int) -> Frames:
+    """All splits in memory (small sources, tests): `split_chunk` over every chunk, plus fixed splits."""
+    parts: dict[str, list[pd.DataFrame]] = {s: [] for s in SPLITS}
+    for i, chunk in enumerate(source.chunks()):
+        for s, f in split_chunk(chunk, source.label, p, seed, i, source.fixed_test is not None, source.fixed_val is not None).items():
+            parts[s].append(f)
+    for s, fixed in (("test", source.fixed_test), ("val", source.fixed_val)):
+        if fixed is not None:
+            parts[s] = list(fixed())
+    frames = {s: pd.concat(v, ignore_index=True) if v else pd.DataFrame() for s, v in parts.items()}
+    return Frames(frames["train"], frames["val"], frames["test"], source.transfer_frame(), source)
 
 
-@dataclass
-class Preprocessor:
-    """One-hot encoding of categorical columns and standard scaling, fitted on the training split."""
+class Rows:
+    """Several arrays as one, indexed like one (the training split then the transfer set), without copying."""
 
-    numeric: list[str]
-    categories: dict[str, list[str]]
-    mean: list[float]
-    std: list[float]
-    classes: list[str]
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = [p for p in parts if p is not None]
+        self.edges = np.cumsum([0] + [len(p) for p in self.parts])
+        self.shape = (int(self.edges[-1]), *self.parts[0].shape[1:])
+        self.dtype = self.parts[0].dtype
 
-    @property
-    def feature_names(self) -> list[str]:
-        return self.numeric + [f"{c}={v}" for c, vs in self.categories.items() for v in vs]
+    def __len__(self) -> int:
+        return self.shape[0]
 
-    @classmethod
-    def fit(cls, train: pd.DataFrame, features: list[str], label: str, p: DataParams) -> Preprocessor:
-        numeric = [c for c in features if c not in p.categorical_columns]
-        x = _numeric(train, numeric, "training split")
-        mean, std = x.mean(0), x.std(0)
-        std[std < 1e-8] = 1.0  # constant columns (digits' border pixels) pass through centred
-        cats = {c: sorted(train[c].astype(str).unique().tolist()) for c in p.categorical_columns if c in features}
-        classes = list(p.classes) or sorted(train[label].astype(str).unique().tolist(), key=_natural)
-        return cls(numeric, cats, mean.tolist(), std.tolist(), classes)
-
-    def features(self, df: pd.DataFrame, where: str) -> np.ndarray:
-        x = (_numeric(df, self.numeric, where) - np.asarray(self.mean)) / np.asarray(self.std)
-        parts = [x.astype(np.float32)]
-        for c, vs in self.categories.items():
-            col = df[c].astype(str).to_numpy()
-            parts.append((col[:, None] == np.asarray(vs)[None, :]).astype(np.float32))
-        return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
-
-    def labels(self, df: pd.DataFrame, label: str, where: str) -> np.ndarray:
-        index = {c: i for i, c in enumerate(self.classes)}
-        raw = df[label]
-        if raw.isna().any():
-            raise DataError(f"{where}: label column {label!r} has {int(raw.isna().sum())} missing value(s)")
-        names = raw.astype(str)
-        unknown = sorted(set(names) - set(index))
-        if unknown:
-            raise DataError(f"{where}: label column {label!r} has value(s) {unknown[:5]} outside the known set {self.classes[:20]}")
-        return names.map(index).to_numpy(np.int64)
-
-
-def _natural(s: str) -> tuple:
-    return (0, float(s), s) if _is_number(s) else (1, 0.0, s)
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
-
-
-def _numeric(df: pd.DataFrame, cols: list[str], where: str) -> np.ndarray:
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise DataError(f"{where}: missing feature column(s) {missing[:5]}")
-    out = np.empty((len(df), len(cols)), np.float64)
-    for j, c in enumerate(cols):
-        col = df[c]
-        values = pd.to_numeric(col, errors="coerce") if not pd.api.types.is_bool_dtype(col) else col.where(False)
-        bad = col[values.isna() & col.notna()]
-        if len(bad):
-            raise DataError(
-                f"{where}: column {c!r} must be numeric but holds {bad.iloc[0]!r} "
-                "(fix the value or list the column in data.categorical_columns)"
-            )
-        if values.isna().any():
-            raise DataError(f"{where}: column {c!r} has {int(values.isna().sum())} missing value(s) (NaN)")
-        out[:, j] = values.to_numpy(np.float64)
-    return out
+    def __getitem__(self, idx) -> np.ndarray:
+        if isinstance(idx, slice):
+            idx = np.arange(*idx.indices(len(self)))
+        idx = np.asarray(idx)
+        if len(self.parts) == 1:
+            return np.asarray(self.parts[0][idx])
+        out = np.empty((len(idx), *self.shape[1:]), self.dtype)
+        which = np.searchsorted(self.edges, idx, side="right") - 1
+        for k, part in enumerate(self.parts):
+            sel = np.flatnonzero(which == k)
+            if len(sel):
+                out[sel] = part[idx[sel] - self.edges[k]]
+        return out
 
 
 @dataclass
@@ -142,11 +134,9 @@ class Prepared:
     def n_classes(self) -> int:
         return len(self.classes)
 
-    def distill_inputs(self) -> np.ndarray:
+    def distill_inputs(self) -> Rows:
         """Inputs the student distils on: the training split, then the unlabeled transfer set."""
-        if self.x_transfer is None:
-            return self.x["train"]
-        return np.concatenate([self.x["train"], self.x_transfer])
+        return Rows([self.x["train"], self.x_transfer])
 
     def distill_labels(self) -> np.ndarray:
         """Hard labels aligned with `distill_inputs`; -1 marks unlabeled transfer rows."""
@@ -155,74 +145,119 @@ class Prepared:
 
 
 def prepare(frames: Frames, p: DataParams) -> Prepared:
-    raw = frames.raw
-    pre = Preprocessor.fit(frames.train, raw.features, raw.label, p)
+    """In memory (small sources, tests): the same preprocessing the pipeline's ingest writes to disk."""
+    src = frames.raw
+    pre = Preprocessor.fit(frames.train, src.features, src.label, p)
     x, y, groups = {}, {}, {}
     for name in SPLITS:
         df = getattr(frames, name)
-        where = f"{raw.origin} ({name} split)"
+        where = f"{src.origin} ({name} split)"
         x[name] = pre.features(df, where)
-        y[name] = pre.labels(df, raw.label, where)
-        groups[name] = {c: df[c].astype(str).to_numpy() for c in raw.sensitive if c in df.columns}
-    xt = pre.features(frames.transfer, f"{raw.origin} (transfer set)") if frames.transfer is not None else None
-    shape = raw.input_shape if raw.input_shape and not pre.categories else (x["train"].shape[1],)
-    return Prepared(x, y, groups, xt, pre.feature_names, pre.classes, tuple(shape), pre)
+        y[name] = pre.labels(df, src.label, where)
+        groups[name] = {c: df[c].astype(str).to_numpy() for c in src.sensitive if c in df.columns}
+    xt = pre.features(frames.transfer, f"{src.origin} (transfer set)") if frames.transfer is not None else None
+    return Prepared(x, y, groups, xt, pre.feature_names, pre.classes, input_shape(src, pre),
+                    pre, meta={"label_column": src.label, "sensitive_columns": list(src.sensitive)})
 
 
-def save(prep: Prepared, out: Path) -> str:
-    """Write `arrays.npz` and `meta.json` to `out`; return the content hash of the arrays."""
+def input_shape(src: Source, pre: Preprocessor) -> tuple[int, ...]:
+    return tuple(src.input_shape) if src.input_shape and not pre.categories else (len(pre.feature_names),)
+
+
+def raw_columns(src: Source) -> list[str]:
+    return list(dict.fromkeys(src.features + [src.label] + list(src.sensitive)))
+
+
+def save(prep: Prepared, out: Path, raw: dict[str, pd.DataFrame] | None = None) -> str:
+    """Write an in-memory prepared set in the on-disk layout (raw: the splits' raw rows); return its hash."""
     out.mkdir(parents=True, exist_ok=True)
+    for name, arr in arrays_of(prep).items():
+        np.save(out / f"{name}.npy", arr, allow_pickle=False)
+    if raw:
+        (out / "raw").mkdir(exist_ok=True)
+        for name, frame in raw.items():
+            parquet_safe(frame).to_parquet(out / "raw" / f"{name}.parquet", index=False)
+        np.save(out / "raw" / "train_index.npy", np.arange(len(raw["train"]), dtype=np.int64))
+    digest = hash_dir(out, prep.preprocessor)
+    sizes = {s: len(prep.y[s]) for s in SPLITS} | {"transfer": 0 if prep.x_transfer is None else len(prep.x_transfer)}
+    write_meta(out, prep.preprocessor, prep.input_shape, sizes, sorted({a for s in SPLITS for a in prep.groups[s]}), digest, prep.meta)
+    return digest
+
+
+def arrays_of(prep: Prepared) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     for s in SPLITS:
         arrays[f"x_{s}"], arrays[f"y_{s}"] = prep.x[s], prep.y[s]
         for attr, g in prep.groups[s].items():
-            arrays[f"g_{s}__{attr}"] = g.astype(str)
+            arrays[f"g_{s}__{attr}"] = np.asarray(g).astype(str)
     if prep.x_transfer is not None:
         arrays["x_transfer"] = prep.x_transfer
-    digest = hash_arrays(arrays)
-    np.savez(out / "arrays.npz", **arrays)
-    meta = {
-        "data_hash": digest,
-        "feature_names": prep.feature_names,
-        "classes": prep.classes,
-        "input_shape": list(prep.input_shape),
-        "sensitive": sorted({a for s in SPLITS for a in prep.groups[s]}),
-        "preprocessor": prep.preprocessor.__dict__,
-        "sizes": {s: len(prep.y[s]) for s in SPLITS} | {"transfer": 0 if prep.x_transfer is None else len(prep.x_transfer)},
-    } | prep.meta
+    return arrays
+
+
+def write_meta(out: Path, pre: Preprocessor, shape: tuple, sizes: dict, sensitive: list[str], digest: str, extra: dict) -> None:
+    meta = dict(extra) | {
+        "format": 2, "data_hash": digest, "feature_names": pre.feature_names, "classes": pre.classes, "input_shape": list(shape),
+        "sensitive": sensitive, "preprocessor": pre.__dict__, "sizes": sizes,
+    }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
-    return digest
+
+
+def hash_dir(out: Path, pre: Preprocessor, block_rows: int = 65536) -> str:
+    """Content hash of the arrays (name, dtype, shape, bytes, read block by block: bounded memory) and of the
+    fitted preprocessing: a shift that standardisation hides from the arrays still changes the deployed model."""
+    h = hashlib.sha256(json.dumps(pre.__dict__, sort_keys=True).encode())
+    for f in sorted(out.glob("*.npy")):
+        a = np.load(f, mmap_mode="r", allow_pickle=False)
+        h.update(f.stem.encode() + str(a.dtype).encode() + str(a.shape).encode())
+        for i in range(0, max(len(a), 1), block_rows):
+            h.update(np.ascontiguousarray(a[i : i + block_rows]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Object columns holding mixed types (numbers and strings) as strings, so Arrow can store them."""
+    fixed = {c: frame[c].map(lambda v: v if v is None or isinstance(v, str) or v != v else str(v))  # noqa: PLR0124 - NaN test
+             for c in frame.columns if frame[c].dtype == object}
+    return frame.assign(**fixed) if fixed else frame
 
 
 def load(path: Path) -> Prepared:
+    """The prepared set with every array memory-mapped (read-only): a stage reads only what it touches."""
     path = Path(path)
     if not (path / "meta.json").exists():
         raise DataError(f"{path}: no prepared data set here (meta.json missing); run 'kd stage validate' first")
     meta = json.loads((path / "meta.json").read_text())
-    with np.load(path / "arrays.npz", allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
+    if meta.get("format") != 2:
+        raise DataError(f"{path}: prepared by an older kd (format {meta.get('format')}); run 'kd stage validate' again")
+    # copy-on-write maps: slices are writable views for torch, and no write ever reaches the files
+    arrays = {f.stem: np.load(f, mmap_mode="c", allow_pickle=False) for f in path.glob("*.npy")}
     groups: dict[str, dict[str, np.ndarray]] = {s: {} for s in SPLITS}
     for k, v in arrays.items():
         if k.startswith("g_"):
             s, attr = k[2:].split("__", 1)
             groups[s][attr] = v
     return Prepared(
-        x={s: arrays[f"x_{s}"] for s in SPLITS},
-        y={s: arrays[f"y_{s}"] for s in SPLITS},
-        groups=groups,
-        x_transfer=arrays.get("x_transfer"),
-        feature_names=meta["feature_names"],
-        classes=meta["classes"],
-        input_shape=tuple(meta["input_shape"]),
-        preprocessor=Preprocessor(**meta["preprocessor"]),
-        meta=meta,
+        x={s: arrays[f"x_{s}"] for s in SPLITS}, y={s: arrays[f"y_{s}"] for s in SPLITS}, groups=groups,
+        x_transfer=arrays.get("x_transfer"), feature_names=meta["feature_names"], classes=meta["classes"],
+        input_shape=tuple(meta["input_shape"]), preprocessor=Preprocessor(**meta["preprocessor"]), meta=meta,
     )
 
 
-def hash_arrays(arrays: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(arrays):
-        a = np.ascontiguousarray(arrays[k])
-        h.update(k.encode() + str(a.dtype).encode() + str(a.shape).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()[:16]
+def raw_batches(path: Path, split: str, rows: int = 100_000):
+    """The raw rows of one split, a batch at a time (a 2M-row test split never sits in memory whole)."""
+    import pyarrow.parquet as pq
+
+    file = Path(path) / "raw" / f"{split}.parquet"
+    if not file.exists():
+        raise DataError(f"{file}: missing; run 'kd stage validate' first")
+    for batch in pq.ParquetFile(file).iter_batches(batch_size=rows):
+        yield batch.to_pandas()
+
+
+def load_raw(path: Path, split: str) -> pd.DataFrame:
+    """The raw rows of one split as the source gave them (the complete predictor's input)."""
+    file = Path(path) / "raw" / f"{split}.parquet"
+    if not file.exists():
+        raise DataError(f"{file}: missing; run 'kd stage validate' first")
+    return pd.read_parquet(file)

@@ -1,4 +1,5 @@
-"""Student distillation, and the honest baseline: the same architecture trained from scratch on hard labels.
+"""Student distillation, and the honest baseline: the same architecture trained from scratch on hard labels,
+compute-matched to the student (same optimiser steps, same augmentation of the labelled rows).
 
 The student learns from cached soft targets (the default) or from the teacher run online (needed for
 feature losses). Multi-stage distillation (teacher -> assistants -> student, Mirzadeh et al. 2020) is a
@@ -21,7 +22,7 @@ from kd.data import Prepared
 from kd.hooks import FeatureTap
 from kd.soft_targets import SoftTargets, cache_key
 from kd.teacher import load_teacher
-from kd.training import BatchFn, cross_entropy_loss, fit, hard_label_batches
+from kd.training import BatchFn, FitResult, checkpoint_path, cross_entropy_loss, fit
 
 
 class LogProbs(nn.Module):
@@ -49,13 +50,19 @@ class EpochViews:
         return self._views[idx]
 
 
+def _rows(idx: np.ndarray) -> torch.Tensor:
+    """The batch's row indices into the distillation inputs (CRD's memory-bank rows)."""
+    return torch.tensor(idx, dtype=torch.long)
+
+
 def cached_batches(x: np.ndarray, y: np.ndarray, targets: SoftTargets, noise_std: float, seed: int) -> BatchFn:
     views = EpochViews(seed, len(x), targets.views)
 
     def batch(idx: np.ndarray, epoch: int) -> dict:
         view = views(epoch, idx)
         xb = x[idx] if targets.views == 1 else augment.apply(x, idx, view, targets.view_params, noise_std)
-        return {"x": torch.from_numpy(xb), "y": torch.from_numpy(y[idx]), "t": torch.from_numpy(targets.logp(idx, view))}
+        return {"x": torch.from_numpy(xb), "y": torch.from_numpy(y[idx]), "t": torch.from_numpy(targets.logp(idx, view)),
+                "idx": _rows(idx)}
 
     return batch
 
@@ -69,12 +76,51 @@ def online_batches(x: np.ndarray, y: np.ndarray, teacher: nn.Module, tap: Featur
         xb = torch.from_numpy(x[idx] if n_views == 1 else augment.apply(x, idx, view, view_params, noise_std))
         with torch.no_grad():
             t = teacher(xb)
-        out = {"x": xb, "y": torch.from_numpy(y[idx]), "t": t}
+        out = {"x": xb, "y": torch.from_numpy(y[idx]), "t": t, "idx": _rows(idx)}
         if tap is not None:
             out["t_feat"] = tap.features[layer].detach()
         return out
 
     return batch
+
+
+def scratch_batches(x: np.ndarray, y: np.ndarray, n_rows: int, view_params: dict, n_views: int, noise_std: float, seed: int) -> BatchFn:
+    """Labelled rows for the scratch baseline, stretched over the student's `n_rows` per epoch (its epoch
+    also covers the unlabeled transfer rows, so the labelled rows are cycled to give the same number of
+    steps) and, with views, augmented as the student's inputs are: the same mixup and noise, with mixup's
+    label (the partner's label weighted by 1 - lam)."""
+    views = EpochViews(seed, len(x), n_views)
+
+    def batch(idx: np.ndarray, epoch: int) -> dict:
+        idx = idx % len(x)
+        out = {"y": torch.from_numpy(y[idx])}
+        if n_views == 1:
+            return out | {"x": torch.from_numpy(x[idx])}
+        view = views(epoch, idx)
+        partner = view_params["partner"][idx, view]
+        return out | {"x": torch.from_numpy(augment.apply(x, idx, view, view_params, noise_std)),
+                      "y_mix": torch.from_numpy(y[partner]), "lam": torch.from_numpy(view_params["lam"][idx, view])}
+
+    return batch
+
+
+def train_scratch(prep: Prepared, p: Params, seed: int, ckpt: Path | None = None) -> tuple[nn.Module, FitResult]:
+    """The scratch baseline: the student's architecture on hard labels only, compute-matched to the student.
+
+    Same optimiser, schedule, batch size, epochs and steps per epoch as the distilled student, and the
+    same augmentation of its labelled rows when the student sees augmented views (`soft_targets.views`
+    > 1). Without a transfer set the views are exactly the student's (same rows, same seed); unlabeled
+    rows are never used, they have no label.
+    """
+    sp = p.soft_targets
+    x, y = prep.x["train"], prep.y["train"]
+    vp = augment.view_params(len(x), sp.views, sp.augment, p.seed) if sp.views > 1 else {}
+    torch.manual_seed(seed)
+    model = models.build(p.student_spec(), prep.input_shape, prep.n_classes)
+    batches = scratch_batches(x, y, len(prep.distill_inputs()), vp, sp.views, sp.augment.noise_std, seed)
+    res = fit(model, len(prep.distill_inputs()), batches, cross_entropy_loss, (prep.x["val"], prep.y["val"]), p.student.train, seed,
+              ckpt, desc="scratch")
+    return model, res
 
 
 def distill_one(prep: Prepared, spec: ModelSpec, teacher: nn.Module, targets: SoftTargets | None, p: Params,
@@ -95,7 +141,7 @@ def distill_one(prep: Prepared, spec: ModelSpec, teacher: nn.Module, targets: So
             probe = torch.from_numpy(x[:2])
             student.eval(), student(probe), teacher(probe)
         shapes = tuple(s_tap.features[s_layer].shape[1:]), tuple(t_tap.features[t_layer].shape[1:])
-    loss = losses.build(d, shapes)
+    loss = losses.build(d, shapes, n_rows=len(x))
     if targets is not None:
         batches = cached_batches(x, y, targets, p.soft_targets.augment.noise_std, seed)
     else:
@@ -103,7 +149,7 @@ def distill_one(prep: Prepared, spec: ModelSpec, teacher: nn.Module, targets: So
         batches = online_batches(x, y, teacher, t_tap, t_layer, vp, p.soft_targets.views, p.soft_targets.augment.noise_std, seed)
 
     def loss_fn(model: nn.Module, batch: dict):
-        ctx = {"student_logits": model(batch["x"]), "teacher_logp": batch["t"], "y": batch["y"]}
+        ctx = {"student_logits": model(batch["x"]), "teacher_logp": batch["t"], "y": batch["y"], "idx": batch["idx"]}
         if s_tap is not None:
             ctx["student_feat"], ctx["teacher_feat"] = s_tap.features[s_layer], batch["t_feat"]
         return loss(ctx)
@@ -114,6 +160,7 @@ def distill_one(prep: Prepared, spec: ModelSpec, teacher: nn.Module, targets: So
         if tap is not None:
             tap.remove()
     return student, {"val_accuracy": res.best_val_accuracy, "best_epoch": res.best_epoch, "epochs": res.epochs_run,
+                     "resumed_from_epoch": res.resumed_from,
                      "history": res.history, "source": "cache" if targets is not None else "online"}
 
 
@@ -126,10 +173,12 @@ def distill(prep: Prepared, teacher_dir: Path, cache_dir: Path, p: Params, out_d
         key = cache_key(tsum["teacher_hash"], prep.meta["data_hash"], p.soft_targets, p.seed)
         targets = SoftTargets(cache_dir, expected_key=key)
     chain = list(p.distill.assistants) + [p.student_spec()]
-    tag = f"{p.section_hash('student', 'distill', 'soft_targets', 'seed')}-{tsum['teacher_hash']}"
+    determines = {"data": prep.meta.get("data_hash", ""), "teacher": tsum["teacher_hash"], "student": p.student.model_dump(),
+                  "distill": p.distill.model_dump(), "soft_targets": p.soft_targets.model_dump(), "seed": p.seed,
+                  "teacher_spec": p.teacher.model.model_dump() if p.student.same_as_teacher else None}
     current, feature_model, stages = teacher, teacher.feature_model, []
     for i, spec in enumerate(chain):
-        ckpt = None if ckpt_dir is None else ckpt_dir / f"distill-{i}-{tag}.pt"
+        ckpt = checkpoint_path(ckpt_dir, f"distill-{i}", **determines)
         student, info = distill_one(prep, spec, current, targets if i == 0 else None, p, p.seed + i, ckpt, feature_model)
         stages.append({"arch": spec.arch, "width": spec.width, "depth": spec.depth, **info})
         current, feature_model = LogProbs(student).eval(), student
@@ -140,11 +189,10 @@ def distill(prep: Prepared, teacher_dir: Path, cache_dir: Path, p: Params, out_d
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     models.save(student, spec, prep.input_shape, prep.classes, out_dir / "student" / "model.pt")
 
-    torch.manual_seed(p.seed)
-    scratch = models.build(spec, prep.input_shape, prep.n_classes)
-    ckpt = None if ckpt_dir is None else ckpt_dir / f"scratch-{p.section_hash('student', 'seed')}.pt"
-    sres = fit(scratch, len(prep.y["train"]), hard_label_batches(prep.x["train"], prep.y["train"]), cross_entropy_loss,
-               (prep.x["val"], prep.y["val"]), p.student.train, p.seed, ckpt, desc="scratch")
+    ckpt = checkpoint_path(ckpt_dir, "scratch", data=prep.meta.get("data_hash", ""), spec=spec.model_dump(),
+                           train=p.student.train.model_dump(), soft_targets=p.soft_targets.model_dump(), seed=p.seed,
+                           transfer_rows=0 if prep.x_transfer is None else len(prep.x_transfer))
+    scratch, sres = train_scratch(prep, p, p.seed, ckpt)
     models.save(scratch, spec, prep.input_shape, prep.classes, out_dir / "scratch" / "model.pt")
     if ckpt is not None:
         ckpt.unlink(missing_ok=True)

@@ -140,8 +140,26 @@ def save(model: nn.Module, spec: ModelSpec, input_shape: tuple[int, ...], classe
     torch.save({"spec": spec.model_dump(), "input_shape": list(input_shape), "classes": list(classes), "state_dict": model.state_dict()}, path)
 
 
+class UnsafeFileError(ValueError):
+    """A file that would run code to load (a pickled object, not plain weights): refused."""
+
+
+def safe_load(path) -> dict:
+    """`torch.load(weights_only=True)`: tensors, numbers, strings and containers only. A file that needs
+    arbitrary unpickling (a pickled module, a crafted payload) is refused before anything of it runs."""
+    import pickle
+
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnsafeFileError(f"{path}: refused to load: not a plain weights file, loading it would run code ({first[:160]})") from None
+
+
 def load(path) -> tuple[nn.Module, dict]:
-    saved = torch.load(path, weights_only=False, map_location="cpu")
+    saved = safe_load(path)
+    if not isinstance(saved, dict) or not {"spec", "input_shape", "classes", "state_dict"} <= set(saved):
+        raise ValueError(f"{path}: not a kd model checkpoint (expected spec, input_shape, classes, state_dict)")
     spec = ModelSpec.model_validate({k: v for k, v in saved["spec"].items() if k in ModelSpec.model_fields})
     model = build(spec, tuple(saved["input_shape"]), len(saved["classes"]))
     model.load_state_dict(saved["state_dict"])

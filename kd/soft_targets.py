@@ -8,6 +8,9 @@ Layout of `cache/soft_targets/`:
 - `manifest.json`: the cache key, shapes and a sha256 per file — written last, atomically: it is the
   commit point. A cache without a manifest, with a different key, or with a file whose checksum does not
   match is never used; `build` regenerates exactly the shards that are missing or corrupt.
+- `manifest.partial.json`: while building, the shards finished so far (key and sha256 each), rewritten
+  atomically after every shard, so a killed build resumes where it stopped (DVC keeps the directory:
+  the stage's output is `persist: true`).
 
 The key hashes the teacher weights, the data version and the cache parameters, so a changed teacher or
 data set never reuses stale targets. Top-k keeps the k largest probabilities exactly and spreads the
@@ -28,8 +31,10 @@ import numpy as np
 
 from kd import augment
 from kd.config import SoftTargetParams
+from kd.failpoints import crash_point
 
 MANIFEST = "manifest.json"
+PARTIAL = "manifest.partial.json"
 FORMAT_VERSION = 1
 
 
@@ -63,19 +68,29 @@ def _shard_files(i: int, top_k: int) -> list[str]:
 
 def _bad_files(root: Path, manifest: dict) -> set[str]:
     """Files that are missing or whose checksum differs from the manifest."""
-    bad = set()
-    for name, digest in manifest["files"].items():
-        p = root / name
-        if not p.exists() or p.stat().st_size != manifest["sizes"][name] or sha256_file(p) != digest:
-            bad.add(name)
-    return bad
+    return {name for name, digest in manifest["files"].items() if not _intact(root, name, digest, manifest["sizes"].get(name))}
+
+
+def _intact(root: Path, name: str, digest: str, size: int | None) -> bool:
+    p = root / name
+    return p.exists() and (size is None or p.stat().st_size == size) and sha256_file(p) == digest
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
 def read_manifest(root: Path) -> dict | None:
-    try:
-        return json.loads((root / MANIFEST).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+    return _read_json(root / MANIFEST)
 
 
 def build(
@@ -99,18 +114,22 @@ def build(
         raise CacheError(f"soft_targets.top_k={k} must be below the number of classes ({n_classes}); use 0 for all")
     n_shards = max(1, math.ceil(n / sp.shard_size))
     old = read_manifest(root)
-    if old is not None and old.get("key") == key:
-        bad = _bad_files(root, old)
-        if not bad:
-            return {"key": key, "rebuilt_shards": [], "reused": True, "n": n}
-        todo = sorted({int(f.split("-")[1].split(".")[0]) for f in bad if f.startswith("shard-")})
-    else:
-        todo = list(range(n_shards))
+    if old is not None and old.get("key") == key and not _bad_files(root, old):
+        return {"key": key, "rebuilt_shards": [], "reused": True, "n": n}
+    partial = _read_json(root / PARTIAL)
+    if old is not None and old.get("key") == key:  # committed, but some files are missing or corrupt
+        done = {f: d for f, d in old["files"].items() if _intact(root, f, d, old["sizes"].get(f))}
+    elif partial is not None and partial.get("key") == key:  # a killed build of this very cache: resume it
+        done = {f: d for f, d in partial["files"].items() if _intact(root, f, d, None)}
+    else:  # another key (or nothing): start afresh
+        done = {}
         for p in root.glob("shard-*.npy"):
             p.unlink()
     (root / MANIFEST).unlink(missing_ok=True)  # from here on the cache is uncommitted
+    _write_json(root / PARTIAL, {"key": key, "files": done})
     views = view_params(root, n, sp, seed) if sp.views > 1 else None
     dtype = np.dtype(sp.dtype)
+    todo = [s for s in range(n_shards) if not all(f in done for f in _shard_files(s, k))]
     t0 = time.perf_counter()
     for s in todo:
         lo, hi = s * sp.shard_size, min(n, (s + 1) * sp.shard_size)
@@ -127,9 +146,13 @@ def build(
                     out[rows - lo, v] = np.take_along_axis(logp, top, 1)
                 else:
                     out[rows - lo, v] = logp
-        _save_npy(root / _shard_files(s, k)[0], out)
+        names = _shard_files(s, k)
+        _save_npy(root / names[0], out)
         if k:
-            _save_npy(root / _shard_files(s, k)[1], idx_out)
+            _save_npy(root / names[1], idx_out)
+        done |= {f: sha256_file(root / f) for f in names}
+        _write_json(root / PARTIAL, {"key": key, "files": done})  # this shard is safe from a kill now
+        crash_point(f"soft_targets:shard-{s}")
     files = [f for s in range(n_shards) for f in _shard_files(s, k)] + (["views.npz"] if sp.views > 1 else [])
     manifest = {
         "format": FORMAT_VERSION, "key": key, "n": n, "n_classes": n_classes, "views": sp.views, "top_k": k,
@@ -139,9 +162,8 @@ def build(
         "sizes": {f: (root / f).stat().st_size for f in files},
         "meta": meta or {},
     }
-    tmp = root / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, root / MANIFEST)  # the commit point
+    _write_json(root / MANIFEST, manifest)  # the commit point
+    (root / PARTIAL).unlink(missing_ok=True)
     return {"key": key, "rebuilt_shards": todo, "reused": False, "n": n, "seconds": time.perf_counter() - t0}
 
 

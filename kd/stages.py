@@ -7,38 +7,105 @@ Paths come from `params.paths`, relative to the root, so nothing depends on the 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from kd.config import Params, PathsParams
+from kd.config import RESOLVED, Params, PathsParams, resolved_yaml
 
 
 def _path(root: Path, rel: str) -> Path:
     return Path(root) / rel
 
 
-def validate(root: Path, p: Params) -> dict:
-    """Load the source, split it, validate every split (Great Expectations), then write the prepared set."""
-    from kd import data, sources
-    from kd import validate as gx
+def config(root: Path, p: Params) -> dict:
+    """Resolve params.yaml against kd's defaults into the file every other stage's DVC params come from,
+    with the content hash of each input file a setting names (`inputs`), so DVC re-runs the stages that
+    read a file when its content changes, not only when its name does. Runs on every repro (it is cheap);
+    the file is rewritten only when its content changes."""
+    text = resolved_yaml(p) + yaml.safe_dump({"inputs": input_hashes(root, p)}, sort_keys=False)
+    path = Path(root) / RESOLVED
+    changed = not path.exists() or path.read_text() != text
+    if changed:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return {"params_hash": p.section_hash(), "changed": changed}
 
-    raw = sources.load_source(p.data, base=root)
-    frames = data.split(raw, p.data, p.seed)
-    report = gx.check(frames, p, _path(root, p.paths.validation))
-    prep = data.prepare(frames, p.data)
-    digest = data.save(prep, _path(root, p.paths.prepared))
-    return {"data_hash": digest, "sizes": {s: len(prep.y[s]) for s in data.SPLITS}, "n_expectations": report["n_expectations"]}
+
+def input_hashes(root: Path, p: Params) -> dict[str, str]:
+    """md5 of the data source, the transfer set and an imported teacher file ('' when the setting names
+    no file, 'missing' when the file is not there: validate then says so)."""
+    named = {"source": p.data.source, "transfer": p.data.transfer,
+             "teacher": p.teacher.import_uri if p.teacher.mode == "import" and p.teacher.import_format != "mlflow" else ""}
+    out = {}
+    for key, spec in named.items():
+        kind, sep, rel = spec.partition(":")
+        rel = rel if sep and kind in ("csv", "parquet", "npz") else (spec if key == "teacher" else "")
+        out[key] = _md5(Path(root) / rel) if rel else ""
+    return out
+
+
+def _md5(path: Path) -> str:
+    import hashlib
+
+    if not path.exists():
+        return "missing"
+    h = hashlib.md5()
+    for f in sorted(path.rglob("*")) if path.is_dir() else [path]:
+        if f.is_file():
+            h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+            with open(f, "rb") as fh:
+                while block := fh.read(1 << 22):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def validate(root: Path, p: Params) -> dict:
+    """Read the source twice, a chunk at a time: validate every split exactly (Great Expectations over
+    exact statistics), then write the prepared set (memory-mappable arrays + raw rows)."""
+    from kd import ingest, sources
+
+    src = sources.load_source(p.data, base=root)
+    return ingest.ingest(src, p, _path(root, p.paths.prepared), _path(root, p.paths.validation))
 
 
 def train_teacher(root: Path, p: Params) -> dict:
+    """Train the teacher (or ensemble), or import one; the directory becomes a predictor bundle too."""
     from kd import data, teacher
+    from kd.card import write_teacher_card
 
     prep = data.load(_path(root, p.paths.prepared))
-    return teacher.train_teacher(prep, p, _path(root, p.paths.teacher), _path(root, p.paths.checkpoints), root)
+    out = _path(root, p.paths.teacher)
+    if p.teacher.mode != "import":
+        summary = teacher.train_teacher(prep, p, out, _path(root, p.paths.checkpoints))
+    elif p.teacher.import_format == "mlflow":
+        summary = _import_from_registry(root, p, prep, out)
+    else:
+        summary = teacher.import_teacher(prep, p, out, _path(root, p.teacher.import_uri))
+    write_teacher_card(out, prep)
+    return summary
+
+
+def _import_from_registry(root: Path, p: Params, prep, out: Path) -> dict:
+    """A kd predictor from the registry (e.g. models:/kd-student@champion) as this run's teacher."""
+    import shutil
+    import tempfile
+
+    from kd import teacher
+    from kd.card import bundle_dir
+    from kd.registry import Registry
+
+    with tempfile.TemporaryDirectory(prefix="kd-import-") as tmp:
+        bundle = bundle_dir(Registry(p.registry, root).download_model(p.teacher.import_uri, Path(tmp)))
+        meta = json.loads((bundle / "predictor.json").read_text())
+        if meta["kind"] != "student":
+            raise ValueError(f"teacher.import_uri {p.teacher.import_uri}: a {meta['kind']} bundle; import a student (kd-student) version")
+        staged = Path(tmp) / "model.pt"
+        shutil.copy(bundle / "model.pt", staged)
+        return teacher.import_teacher(prep, p, out, staged, bundle=meta)
 
 
 def soft_targets(root: Path, p: Params) -> dict:
@@ -74,9 +141,11 @@ def evaluate(root: Path, p: Params) -> dict:
     from kd import data
     from kd import evaluate as kd_eval
 
-    prep = data.load(_path(root, p.paths.prepared))
+    prepared = _path(root, p.paths.prepared)
+    prep = data.load(prepared)
     metrics = kd_eval.evaluate(
-        prep, _path(root, p.paths.teacher), _path(root, p.paths.models), p, _path(root, p.paths.reports), _path(root, p.paths.export)
+        prep, data.load_raw(prepared, "train"), np.load(prepared / "raw" / "train_index.npy"), lambda: data.raw_batches(prepared, "test"),
+        _path(root, p.paths.teacher), _path(root, p.paths.models), p, _path(root, p.paths.reports), _path(root, p.paths.export),
     )
     return {k: {m: metrics[k][m] for m in ("accuracy", "ece", "size_bytes", "latency_ms_p50")} for k in ("teacher", "student", "scratch")}
 
@@ -94,6 +163,7 @@ def checks(root: Path, p: Params) -> dict:
 
 
 STAGES: dict[str, Callable[[Path, Params], dict]] = {
+    "config": config,
     "validate": validate,
     "train_teacher": train_teacher,
     "soft_targets": soft_targets,
@@ -103,39 +173,17 @@ STAGES: dict[str, Callable[[Path, Params], dict]] = {
 }
 
 
-def out_of_date(root: Path) -> list[str]:
-    """The stages DVC would re-run now (changed deps, params or outs), in pipeline order."""
+def out_of_date(root: Path, p: Params) -> list[str]:
+    """The stages DVC would re-run now (changed deps, params or outs), in pipeline order. The config stage
+    runs every time (it re-hashes the input files), so it is resolved first and left out of the answer."""
     import contextlib
 
     from dvc.repo import Repo
 
+    config(root, p)
     with contextlib.chdir(root), Repo(str(root)) as repo:  # DVC resolves paths from the cwd
         changed = set(repo.status())
-    return [name for name in STAGES if name in changed]
-
-
-def missing_dvc_params(root: Path) -> list[str]:
-    """Params that `dvc.yaml` stages depend on but `params.yaml` does not spell out.
-
-    DVC requires every listed key, and every `${...}` value it templates, to be present in the file
-    (a default is not enough), so `kd run` checks this first and says which keys to add
-    (`section: {}` is enough).
-    """
-    root = Path(root)
-    text = (root / "dvc.yaml").read_text()
-    stages = (yaml.safe_load(text) or {}).get("stages", {})
-    raw = yaml.safe_load((root / "params.yaml").read_text()) if (root / "params.yaml").exists() else {}
-    wanted = set(re.findall(r"\$\{\s*([\w.]+)\s*\}", text))  # templated values, e.g. ${paths.prepared}
-    wanted |= {item for stage in stages.values() for item in stage.get("params", []) if isinstance(item, str)}
-    missing = []
-    for item in wanted:
-        node = raw or {}
-        for part in item.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-            if node is None:
-                missing.append(item)
-                break
-    return sorted(missing)
+    return [name for name in STAGES if name in changed and name != "config"]
 
 
 def error_file(root: Path, p: Params | None, stage: str) -> Path:

@@ -1,13 +1,15 @@
 """The teacher: one trained model, an ensemble of N, or an imported pre-trained model.
 
-On disk (`models/teacher/`): one self-describing checkpoint per member (`member-<i>.pt`: spec, input
-shape, classes, state_dict) and `teacher.json` (mode, combine rule, content hash, validation accuracy).
-Loaded, every teacher is a `Teacher` module returning log-probabilities.
+On disk (`models/teacher/`) every member is a format that holds no code: a self-describing checkpoint
+(`member-<i>.pt`: spec, input shape, classes, state_dict; loaded with `weights_only=True`) or an ONNX
+graph (`member-<i>.onnx`, run by onnxruntime), plus `teacher.json` (mode, combine rule, content hash,
+validation accuracy). Loaded, every teacher is a `Teacher` module returning log-probabilities.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +18,9 @@ from torch import nn
 
 from kd import models
 from kd.config import EnsembleMember, Params
-from kd.data import Prepared
-from kd.training import accuracy, cross_entropy_loss, fit, hard_label_batches
+from kd.data import Prepared, Preprocessor
+from kd.export import OnnxModule, to_onnx
+from kd.training import accuracy, checkpoint_path, cross_entropy_loss, fit, hard_label_batches
 
 
 class Teacher(nn.Module):
@@ -40,20 +43,38 @@ class Teacher(nn.Module):
         return self.members[0]
 
 
-class InferenceOnly(nn.Module):
-    """An imported model that cannot switch train/eval (a torch.export program, as MLflow's pt2 format
-    loads): it is only ever run for inference, so the switch is not passed down to it."""
+class Adapted(nn.Module):
+    """A model trained on another preprocessing, fed this run's features: x_theirs = x_ours @ W.T + b.
 
-    def __init__(self, model: nn.Module):
+    Standardisation is affine per column and one-hot blocks are column selections, so the map from this
+    run's features to the imported model's is exact (unknown categories map to all-zero blocks)."""
+
+    def __init__(self, model: nn.Module, weight: torch.Tensor, bias: torch.Tensor):
         super().__init__()
         self.model = model
-
-    def train(self, mode: bool = True) -> InferenceOnly:
-        self.training = mode
-        return self
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return self.model(nn.functional.linear(x, self.weight, self.bias))
+
+
+def feature_map(ours: Preprocessor, theirs: Preprocessor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W, b) with theirs.features(df) == ours.features(df) @ W.T + b for any frame both can read."""
+    missing = [c for c in theirs.numeric + list(theirs.categories) if c not in ours.numeric + list(ours.categories)]
+    if missing:
+        raise ValueError(f"the imported teacher reads column(s) {missing[:5]} that this data set does not have")
+    ours_idx = {name: i for i, name in enumerate(ours.feature_names)}
+    w = np.zeros((len(theirs.feature_names), len(ours.feature_names)), np.float64)
+    b = np.zeros(len(theirs.feature_names), np.float64)
+    for j, c in enumerate(theirs.numeric):  # (raw - m_t)/s_t with raw = x * s_o + m_o
+        i = ours.numeric.index(c)
+        w[j, i] = ours.std[i] / theirs.std[j]
+        b[j] = (ours.mean[i] - theirs.mean[j]) / theirs.std[j]
+    for j, name in enumerate(theirs.feature_names[len(theirs.numeric):], start=len(theirs.numeric)):
+        if name in ours_idx:
+            w[j, ours_idx[name]] = 1.0
+    return torch.tensor(w, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)
 
 
 def member_specs(p: Params) -> list[EnsembleMember]:
@@ -63,17 +84,15 @@ def member_specs(p: Params) -> list[EnsembleMember]:
     return [EnsembleMember(**t.model.model_dump(), seed=p.seed)]
 
 
-def train_teacher(prep: Prepared, p: Params, out_dir: Path, ckpt_dir: Path | None = None, root: Path | None = None) -> dict:
-    """Train the teacher (or every ensemble member) and write it to `out_dir`; return its summary.
-    `root` locates the project's MLflow store when importing a teacher from it."""
-    if p.teacher.mode == "import":
-        return import_teacher(prep, p, out_dir, root)
+def train_teacher(prep: Prepared, p: Params, out_dir: Path, ckpt_dir: Path | None = None) -> dict:
+    """Train the teacher (or every ensemble member) and write it to `out_dir`; return its summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
     members, summaries = [], []
     for i, spec in enumerate(member_specs(p)):
         torch.manual_seed(spec.seed)
         model = models.build(spec, prep.input_shape, prep.n_classes)
-        ckpt = None if ckpt_dir is None else ckpt_dir / f"teacher-{i}-{p.section_hash('teacher', 'seed')}-{prep.meta.get('data_hash', '')}.pt"
+        ckpt = checkpoint_path(ckpt_dir, f"teacher-{i}", spec=spec.model_dump(), train=p.teacher.train.model_dump(),
+                               data=prep.meta.get("data_hash", ""))
         res = fit(
             model, len(prep.y["train"]), hard_label_batches(prep.x["train"], prep.y["train"]), cross_entropy_loss,
             (prep.x["val"], prep.y["val"]), p.teacher.train, spec.seed, ckpt, desc=f"teacher[{i}]",
@@ -86,41 +105,48 @@ def train_teacher(prep: Prepared, p: Params, out_dir: Path, ckpt_dir: Path | Non
     return _write_summary(Teacher(members, p.teacher.combine), prep, p, out_dir, summaries)
 
 
-def import_teacher(prep: Prepared, p: Params, out_dir: Path, root: Path | None = None) -> dict:
-    """Import a pre-trained teacher: a state_dict file (with p.teacher.model), TorchScript, or an MLflow URI."""
-    t = p.teacher
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if t.import_format == "mlflow":
-        from kd import registry  # the MLflow adapter; imported only when asked for
+def import_teacher(prep: Prepared, p: Params, out_dir: Path, source: Path, bundle: dict | None = None) -> dict:
+    """Import a pre-trained teacher from a local file, stored in a format that holds no code.
 
-        model = InferenceOnly(registry.load_torch_model(t.import_uri, p.registry.uri(root or Path.cwd())))
-    else:
-        path = Path(t.import_uri)
-        if not path.exists():
-            raise FileNotFoundError(f"teacher.import_uri {path}: file not found")
-        if t.import_format == "torchscript":
-            model = torch.jit.load(str(path), map_location="cpu")
-        else:
-            state = torch.load(path, weights_only=True, map_location="cpu")
-            state = state.get("state_dict", state)
-            model = models.build(t.model, prep.input_shape, prep.n_classes)
-            try:
-                model.load_state_dict(state)
-            except RuntimeError as err:
-                raise ValueError(f"teacher.import_uri {path}: weights do not fit teacher.model {t.model.arch}: {err}") from None
-    model.eval()
+    - state_dict: a weights file for `teacher.model` (loaded with weights_only=True);
+    - onnx: an ONNX graph on this data set's preprocessed features (copied as is);
+    - torchscript: converted once to ONNX here (the TorchScript runtime runs only at import);
+    - mlflow: a kd predictor bundle (`kd.predictor`, downloaded by the caller): its weights, behind an
+      exact map from this run's preprocessing to the bundle's (`bundle` is its predictor.json).
+    """
+    t = p.teacher
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"teacher.import_uri {source}: file not found")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    n_features = prep.x["val"].shape[1]
+    if t.import_format == "state_dict":
+        model = models.build(t.model, prep.input_shape, prep.n_classes)
+        state = models.safe_load(source)
+        try:
+            model.load_state_dict(state.get("state_dict", state))
+        except RuntimeError as err:
+            raise ValueError(f"teacher.import_uri {source}: weights do not fit teacher.model {t.model.arch}: {err}") from None
+        models.save(model, t.model, prep.input_shape, prep.classes, out_dir / "member-0.pt")
+    elif t.import_format == "mlflow":
+        model, saved = models.load(source)
+        theirs = Preprocessor(**bundle["preprocessor"])
+        if list(saved["classes"]) != list(prep.classes):
+            raise ValueError(f"the imported model predicts classes {saved['classes'][:10]}, this data set has {prep.classes[:10]}")
+        w, b = feature_map(prep.preprocessor, theirs)
+        shutil.copy(source, out_dir / "member-0.pt")
+        torch.save({"weight": w, "bias": b}, out_dir / "member-0.adapter.pt")
+    elif t.import_format == "torchscript":
+        scripted = torch.jit.load(str(source), map_location="cpu").eval()
+        to_onnx(scripted, n_features, out_dir / "member-0.onnx")
+    else:  # onnx
+        shutil.copy(source, out_dir / "member-0.onnx")
+    model = load_member(out_dir, 0)
     with torch.no_grad():
         out = model(torch.from_numpy(prep.x["val"][:2]))
     if out.shape[-1] != prep.n_classes:
         raise ValueError(f"imported teacher outputs {out.shape[-1]} classes, the data set has {prep.n_classes}")
-    if isinstance(model, InferenceOnly):  # a torch.export program: saved as one, batch axis dynamic
-        example = torch.from_numpy(prep.x["val"][:4])
-        program = torch.export.export(model.model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-        torch.export.save(program, str(out_dir / "member-0.pt2"))
-    elif isinstance(model, torch.jit.ScriptModule):
-        model.save(str(out_dir / "member-0.torchscript"))
-    else:
-        torch.save(model, out_dir / "member-0.module.pt")
     return _write_summary(Teacher([model], t.combine), prep, p, out_dir, [{"imported": t.import_uri, "format": t.import_format}])
 
 
@@ -131,34 +157,44 @@ def _write_summary(teacher: Teacher, prep: Prepared, p: Params, out_dir: Path, m
         "combine": p.teacher.combine,
         "n_members": len(teacher.members),
         "members": members,
-        "teacher_hash": models.state_hash([m.state_dict() for m in teacher.members]),
+        "teacher_hash": _hash(teacher),
         "data_hash": prep.meta.get("data_hash", ""),
         "val_accuracy": accuracy(teacher, prep.x["val"], prep.y["val"]),
         "params": models.param_count(teacher),
-        "size_bytes": models.serialized_bytes(teacher),
+        "size_bytes": sum(m.size_bytes if isinstance(m, OnnxModule) else models.serialized_bytes(m) for m in teacher.members),
     }
     (out_dir / "teacher.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
+def _hash(teacher: Teacher) -> str:
+    """Content hash of the members' weights and graphs (the teacher part of the soft-target cache key)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for m in teacher.members:
+        h.update(m.path.read_bytes() if isinstance(m, OnnxModule) else models.state_hash([m.state_dict()]).encode())
+    return h.hexdigest()[:16]
+
+
+def load_member(path: Path, i: int) -> nn.Module:
+    if (path / f"member-{i}.onnx").exists():
+        return OnnxModule(path / f"member-{i}.onnx")
+    model = models.load(path / f"member-{i}.pt")[0]
+    if (path / f"member-{i}.adapter.pt").exists():
+        a = models.safe_load(path / f"member-{i}.adapter.pt")
+        model = Adapted(model, a["weight"], a["bias"]).eval()
+    return model
+
+
 def load_teacher(path: Path) -> tuple[Teacher, dict]:
-    """Load `models/teacher/` as a `Teacher` and its summary."""
+    """Load `models/teacher/` as a `Teacher` and its summary; nothing loaded can execute code."""
     path = Path(path)
     if not (path / "teacher.json").exists():
         raise FileNotFoundError(f"{path}: no teacher here (teacher.json missing); run 'kd stage train_teacher'")
     summary = json.loads((path / "teacher.json").read_text())
-    members: list[nn.Module] = []
-    for i in range(summary["n_members"]):
-        if (path / f"member-{i}.pt").exists():
-            members.append(models.load(path / f"member-{i}.pt")[0])
-        elif (path / f"member-{i}.pt2").exists():
-            members.append(InferenceOnly(torch.export.load(str(path / f"member-{i}.pt2")).module()))
-        elif (path / f"member-{i}.torchscript").exists():
-            members.append(torch.jit.load(str(path / f"member-{i}.torchscript"), map_location="cpu"))
-        else:
-            members.append(torch.load(path / f"member-{i}.module.pt", weights_only=False, map_location="cpu"))
-    teacher = Teacher(members, summary["combine"]).eval()
-    return teacher, summary
+    members = [load_member(path, i) for i in range(summary["n_members"])]
+    return Teacher(members, summary["combine"]).eval(), summary
 
 
 @torch.no_grad()

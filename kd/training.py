@@ -10,6 +10,8 @@ checkpointed, so a killed-and-resumed run ends with the same weights as an unint
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +22,8 @@ import torch
 from torch import nn
 
 from kd.config import TrainParams
+from kd.failpoints import crash_point
+from kd.models import safe_load
 
 BatchFn = Callable[[np.ndarray, int], dict]  # (row indices, epoch) -> batch dict
 LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict[str, float]]]
@@ -82,7 +86,7 @@ def fit(
     state = {"epoch": 0, "best_acc": -1.0, "best_epoch": 0, "best_state": None, "bad_epochs": 0, "history": []}
     resumed = 0
     if ckpt is not None and ckpt.exists():
-        saved = torch.load(ckpt, weights_only=False)
+        saved = safe_load(ckpt)
         model.load_state_dict(saved["model"])
         extra.load_state_dict(saved["extra"])
         opt.load_state_dict(saved["optimizer"])
@@ -119,6 +123,7 @@ def fit(
         state["epoch"] = epoch + 1
         if ckpt is not None:
             _save_checkpoint(ckpt, model, extra, opt, sched, state)
+            crash_point(f"fit:{desc}:epoch-{epoch + 1}")
         if progress:
             progress.update(1)
             progress.set_postfix(val_acc=f"{val_acc:.4f}", **{k: f"{v:.3f}" for k, v in sums.items()})
@@ -129,6 +134,15 @@ def fit(
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
     return FitResult(state["epoch"], state["best_epoch"], state["best_acc"], state["history"], resumed)
+
+
+def checkpoint_path(ckpt_dir: Path | None, kind: str, **determines) -> Path | None:
+    """Where a run resumes from: the key hashes everything that determines the weights (data version,
+    teacher, every training setting), so a resume after any change starts afresh instead of mixing runs."""
+    if ckpt_dir is None:
+        return None
+    key = hashlib.sha256(json.dumps(determines, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(ckpt_dir) / f"{kind}-{key}.pt"
 
 
 def _save_checkpoint(path: Path, model, extra, opt, sched, state) -> None:
@@ -151,5 +165,13 @@ def hard_label_batches(x: np.ndarray, y: np.ndarray) -> BatchFn:
 
 
 def cross_entropy_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-    loss = nn.functional.cross_entropy(model(batch["x"]), batch["y"], ignore_index=-1)
+    """Hard-label cross-entropy; a batch of mixed inputs (with `y_mix` and `lam`) gets mixup's label,
+    lam * CE(y) + (1 - lam) * CE(y_mix) (Zhang et al. 2018)."""
+    logits = model(batch["x"])
+    if "lam" not in batch:
+        loss = nn.functional.cross_entropy(logits, batch["y"], ignore_index=-1)
+    else:
+        ce = nn.functional.cross_entropy(logits, batch["y"], reduction="none")
+        ce_mix = nn.functional.cross_entropy(logits, batch["y_mix"], reduction="none")
+        loss = (batch["lam"] * ce + (1 - batch["lam"]) * ce_mix).mean()
     return loss, {"ce": float(loss.detach())}

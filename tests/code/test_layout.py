@@ -39,13 +39,37 @@ def test_bad_params_fail_before_anything_runs(tmp_path):
     assert out.returncode == 2 and "teacher.train.epochs" in out.stderr and "greater than or equal to 1" in out.stderr
     assert not (tmp_path / "mlflow.db").exists()
     out = subprocess.run(["kd", "stage", "nope", "--root", str(tmp_path)], capture_output=True, text=True)
-    assert out.returncode == 2 and "expected one of validate, train_teacher" in out.stderr
+    assert out.returncode == 2 and "expected one of config, validate, train_teacher" in out.stderr
 
 
-def test_params_must_spell_out_what_dvc_yaml_depends_on(tmp_path):
-    import shutil
-
-    shutil.copy(KD.parent / "dvc.yaml", tmp_path / "dvc.yaml")
-    (tmp_path / "params.yaml").write_text("seed: 1\n")
+def test_kd_run_outside_a_project_says_what_is_missing(tmp_path):
     out = subprocess.run(["kd", "run", "--root", str(tmp_path)], capture_output=True, text=True)
-    assert out.returncode == 2 and "'soft_targets: {}'" in out.stderr and "'teacher'" in out.stderr and "'paths.prepared'" in out.stderr
+    assert out.returncode == 2 and "no dvc.yaml here" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_library_never_reaches_up_into_flows_even_indirectly():
+    """Only the CLI may start a flow: no other kd module imports flows (or prefect) directly or through
+    another kd module, counting imports inside functions too."""
+    import sys
+
+    sys.path.insert(0, str(KD.parent / "tests" / "code"))
+    from test_dvc_deps import _closure, _imports
+
+    for path in KD.rglob("*.py"):
+        name = ".".join(path.relative_to(KD.parent).with_suffix("").parts).removesuffix(".__init__")
+        if name == "kd.cli":
+            continue
+        reached = _closure(_imports(ast.parse(path.read_text()), name))
+        for module in reached | {path}:
+            found = _all_imports(module)
+            assert not {"flows", "prefect"} & found, f"{name} reaches {module.name}, which imports {sorted({'flows', 'prefect'} & found)}"
+
+
+def _all_imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names

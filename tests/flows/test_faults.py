@@ -6,7 +6,7 @@ import copy
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY, make_project, read_params, write_params
+from kdproject import TINY, make_project, read_params, write_params
 
 pytestmark = pytest.mark.flow
 

@@ -1,11 +1,10 @@
 """The training loop: resume after a kill reaches the same weights; distillation teaches the student."""
 
-import numpy as np
 import pytest
 import torch
 
 from kd import models
-from kd.config import DataParams, ModelSpec, Params, SyntheticParams, TrainParams
+from kd.config import DataParams, ModelSpec, SyntheticParams, TrainParams
 from kd.data import prepare, split
 from kd.sources import load_source
 from kd.training import StopTraining, accuracy, cross_entropy_loss, fit, hard_label_batches
