@@ -38,7 +38,7 @@ from _common import md_table, write_json
 import kd.distill
 from kd import data, models, sources
 from kd.config import ModelSpec, SoftTargetParams, parse_params
-from kd.soft_targets import index_dtype, SoftTargets, build, cache_key
+from kd.soft_targets import SoftTargets, build, cache_key, index_dtype
 from kd.teacher import Teacher, predict_logp
 from kd.training import cross_entropy_loss, fit, hard_label_batches
 

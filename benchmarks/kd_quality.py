@@ -1,8 +1,8 @@
 """Does distillation beat training the student alone? Teacher / scratch / distilled students, per loss.
 
 For each configuration and seed: split the data by the seed, train the teacher once (`train_teacher`),
-cache its soft targets once (`soft_targets.build`), train the scratch baseline (same student architecture,
-hard labels, as in `distill.distill`) and one distilled student per loss (`distill.distill_one`, from the
+cache its soft targets once (`soft_targets.build`), train the scratch baseline (`distill.train_scratch`, as
+`distill.distill` does: same student architecture, hard labels, the student's number of steps) and one distilled student per loss (`distill.distill_one`, from the
 cache, or with the teacher online for the feature losses rkd / pkt, which hook the first member's
 `features`). Reported: test accuracy and ECE (`evaluate.classification`, 15 bins), mean +- std over seeds,
 and the paired accuracy difference to the scratch student of the same seed.
@@ -38,14 +38,13 @@ import numpy as np
 import torch
 from _common import md_table, write_json
 
-from kd import data, models, sources
+from kd import data, sources
 from kd.config import parse_params
-from kd.distill import distill_one
+from kd.distill import distill_one, train_scratch
 from kd.evaluate import batched, classification, torch_predict
 from kd.losses import FEATURE_LOSSES
 from kd.soft_targets import SoftTargets, build, cache_key
 from kd.teacher import load_teacher, predict_logp, train_teacher
-from kd.training import cross_entropy_loss, fit, hard_label_batches
 
 # name -> (losses, temperature, distil on the labelled rows only)
 VARIANTS = {
@@ -105,10 +104,7 @@ def run_seed(raw_params: dict, seed: int, variants: dict) -> tuple[dict[str, dic
         targets = SoftTargets(tmp / "cache", expected_key=key)
         out = {"teacher": test_metrics(teacher, prep, bins)}
 
-        torch.manual_seed(seed)  # the scratch baseline exactly as distill.distill trains it
-        scratch = models.build(p.student.model, prep.input_shape, prep.n_classes)
-        fit(scratch, len(prep.y["train"]), hard_label_batches(prep.x["train"], prep.y["train"]), cross_entropy_loss,
-            (prep.x["val"], prep.y["val"]), p.student.train, seed)
+        scratch, _ = train_scratch(prep, p, seed)  # as distill.distill trains it: the student's steps, transfer rows included
         out["scratch"] = test_metrics(scratch, prep, bins)
 
         for name, (losses, temperature, labelled_only) in variants.items():
