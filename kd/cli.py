@@ -58,24 +58,42 @@ def stage(
     name: Annotated[str, typer.Argument(help="config | validate | train_teacher | soft_targets | distill | evaluate | checks")],
     root: Root = Path("."),
     overrides: Overrides = None,
+    nproc: Annotated[int, typer.Option(help="processes for the distill stage (torchrun on this machine); 0: distributed.nproc")] = 0,
 ) -> None:
     """Run one pipeline stage (what each dvc.yaml stage calls)."""
-    from kd.stages import STAGES, error_file, run
+    import os
+
+    from kd.stages import DISTRIBUTED, STAGES, error_file, run
 
     if name not in STAGES:
         _fail(KeyError(f"unknown stage {name!r}; expected one of {', '.join(STAGES)}"))
     root, p = root.resolve(), None
     try:
         p = _params(root, overrides)
+        if nproc:
+            p.distributed.nproc = nproc
         error_file(root, p, name).unlink(missing_ok=True)
-        result = run(name, root, p)
+        if name in DISTRIBUTED and p.distributed.nproc > 1 and "WORLD_SIZE" not in os.environ:
+            from kd.distributed import relaunch
+
+            try:
+                relaunch(name, root, p.distributed.nproc, [a for o in overrides or [] for a in ("--set", o)])
+            except RuntimeError:
+                why = error_file(root, p, name)  # a rank's reason, when it stopped on bad input
+                if why.exists() and json.loads(why.read_text())["kind"] == "input":
+                    raise ValueError(json.loads(why.read_text())["message"]) from None
+                raise
+            result = DISTRIBUTED[name](root, p)
+        else:
+            result = run(name, root, p)
     except _user_errors() as err:
         error_file(root, p, name).write_text(_why(err, "input"))
         _fail(err)
     except Exception as err:  # not bad input (a bug, an unreachable server): keep the traceback, still tell the flow why
         error_file(root, p, name).write_text(_why(err, "internal"))
         raise
-    typer.echo(json.dumps(result))
+    if os.environ.get("RANK", "0") == "0":  # one line from a distributed run: rank 0's
+        typer.echo(json.dumps(result))
 
 
 @app.command("run")

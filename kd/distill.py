@@ -19,6 +19,7 @@ from torch import nn
 from kd import augment, losses, models
 from kd.config import ModelSpec, Params
 from kd.data import Prepared
+from kd.distributed import Runtime, runtime
 from kd.hooks import FeatureTap
 from kd.soft_targets import SoftTargets, cache_key
 from kd.teacher import load_teacher
@@ -104,7 +105,7 @@ def scratch_batches(x: np.ndarray, y: np.ndarray, n_rows: int, view_params: dict
     return batch
 
 
-def train_scratch(prep: Prepared, p: Params, seed: int, ckpt: Path | None = None) -> tuple[nn.Module, FitResult]:
+def train_scratch(prep: Prepared, p: Params, seed: int, ckpt: Path | None = None, rt: Runtime | None = None) -> tuple[nn.Module, FitResult]:
     """The scratch baseline: the student's architecture on hard labels only, compute-matched to the student.
 
     Same optimiser, schedule, batch size, epochs and steps per epoch as the distilled student, and the
@@ -119,12 +120,12 @@ def train_scratch(prep: Prepared, p: Params, seed: int, ckpt: Path | None = None
     model = models.build(p.student_spec(), prep.input_shape, prep.n_classes)
     batches = scratch_batches(x, y, len(prep.distill_inputs()), vp, sp.views, sp.augment.noise_std, seed)
     res = fit(model, len(prep.distill_inputs()), batches, cross_entropy_loss, (prep.x["val"], prep.y["val"]), p.student.train, seed,
-              ckpt, desc="scratch")
+              ckpt, desc="scratch", rt=rt)
     return model, res
 
 
 def distill_one(prep: Prepared, spec: ModelSpec, teacher: nn.Module, targets: SoftTargets | None, p: Params,
-                seed: int, ckpt: Path | None, feature_model: nn.Module | None = None) -> tuple[nn.Module, dict]:
+                seed: int, ckpt: Path | None, feature_model: nn.Module | None = None, rt: Runtime | None = None) -> tuple[nn.Module, dict]:
     """Distil one model of `spec` from `teacher` (online) or from `targets` (cached)."""
     d = p.distill
     x, y = prep.distill_inputs(), prep.distill_labels()
@@ -155,7 +156,7 @@ def distill_one(prep: Prepared, spec: ModelSpec, teacher: nn.Module, targets: So
         return loss(ctx)
 
     res = fit(student, len(x), batches, loss_fn, (prep.x["val"], prep.y["val"]), p.student.train, seed, ckpt,
-              extra_modules=[loss], desc="distill")
+              extra_modules=[loss], desc="distill", rt=rt)
     for tap in (s_tap, t_tap):
         if tap is not None:
             tap.remove()
@@ -165,7 +166,9 @@ def distill_one(prep: Prepared, spec: ModelSpec, teacher: nn.Module, targets: So
 
 
 def distill(prep: Prepared, teacher_dir: Path, cache_dir: Path, p: Params, out_dir: Path, ckpt_dir: Path | None = None) -> dict:
-    """Train the student (through any assistants) and the scratch baseline; write both to `out_dir`."""
+    """Train the student (through any assistants) and the scratch baseline; write both to `out_dir` (rank 0
+    of a distributed run writes; every rank trains)."""
+    rt = runtime(p.device, p.distributed.backend)
     teacher, tsum = load_teacher(teacher_dir)
     needs_online = p.distill.teacher_source == "online" or any(n in losses.FEATURE_LOSSES for n in p.distill.losses)
     targets = None
@@ -179,20 +182,23 @@ def distill(prep: Prepared, teacher_dir: Path, cache_dir: Path, p: Params, out_d
     current, feature_model, stages = teacher, teacher.feature_model, []
     for i, spec in enumerate(chain):
         ckpt = checkpoint_path(ckpt_dir, f"distill-{i}", **determines)
-        student, info = distill_one(prep, spec, current, targets if i == 0 else None, p, p.seed + i, ckpt, feature_model)
+        student, info = distill_one(prep, spec, current, targets if i == 0 else None, p, p.seed + i, ckpt, feature_model, rt)
         stages.append({"arch": spec.arch, "width": spec.width, "depth": spec.depth, **info})
         current, feature_model = LogProbs(student).eval(), student
-        if ckpt is not None:
+        if ckpt is not None and rt.main:
             ckpt.unlink(missing_ok=True)
     spec = p.student_spec()
-    for sub in ("student", "scratch"):
-        (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    models.save(student, spec, prep.input_shape, prep.classes, out_dir / "student" / "model.pt")
+    if rt.main:
+        for sub in ("student", "scratch"):
+            (out_dir / sub).mkdir(parents=True, exist_ok=True)
+        models.save(student, spec, prep.input_shape, prep.classes, out_dir / "student" / "model.pt")
 
     ckpt = checkpoint_path(ckpt_dir, "scratch", data=prep.meta.get("data_hash", ""), spec=spec.model_dump(),
                            train=p.student.train.model_dump(), soft_targets=p.soft_targets.model_dump(), seed=p.seed,
                            transfer_rows=0 if prep.x_transfer is None else len(prep.x_transfer))
-    scratch, sres = train_scratch(prep, p, p.seed, ckpt)
+    scratch, sres = train_scratch(prep, p, p.seed, ckpt, rt)
+    if not rt.main:
+        return {}
     models.save(scratch, spec, prep.input_shape, prep.classes, out_dir / "scratch" / "model.pt")
     if ckpt is not None:
         ckpt.unlink(missing_ok=True)
@@ -202,6 +208,7 @@ def distill(prep: Prepared, teacher_dir: Path, cache_dir: Path, p: Params, out_d
         "student_val_accuracy": stages[-1]["val_accuracy"],
         "scratch_val_accuracy": sres.best_val_accuracy,
         "losses": p.distill.losses,
+        "processes": rt.world,
     }
     (out_dir / "distill.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -133,8 +133,18 @@ def distill(root: Path, p: Params) -> dict:
         prep, _path(root, p.paths.teacher), _path(root, p.paths.soft_targets), p, _path(root, p.paths.models),
         _path(root, p.paths.checkpoints),
     )
-    summary["stages"] = [{k: v for k, v in s.items() if k != "history"} for s in summary["stages"]]  # history: distill.json
-    return summary
+    return _without_history(summary)
+
+
+def distill_summary(root: Path, p: Params) -> dict:
+    """What the distill stage reports, read from its distill.json (after a run in several processes)."""
+    return _without_history(json.loads((_path(root, p.paths.models) / "distill.json").read_text()))
+
+
+def _without_history(summary: dict) -> dict:
+    if not summary:  # a rank other than 0 of a distributed run: rank 0 reports
+        return summary
+    return summary | {"stages": [{k: v for k, v in s.items() if k != "history"} for s in summary["stages"]]}  # history: distill.json
 
 
 def evaluate(root: Path, p: Params) -> dict:
@@ -161,6 +171,8 @@ def checks(root: Path, p: Params) -> dict:
     result = run_checks(prep, preds, p, _path(root, p.paths.checks))
     return {"gates": [(g["name"], g["passed"], g["action"]) for g in result["gates"]]}
 
+
+DISTRIBUTED = {"distill": distill_summary}  # stages that run in distributed.nproc processes, and how their result is read
 
 STAGES: dict[str, Callable[[Path, Params], dict]] = {
     "config": config,

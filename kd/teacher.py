@@ -19,6 +19,7 @@ from torch import nn
 from kd import models
 from kd.config import EnsembleMember, Params
 from kd.data import Prepared, Preprocessor
+from kd.distributed import Runtime, device_of
 from kd.export import OnnxModule, to_onnx
 from kd.training import accuracy, checkpoint_path, cross_entropy_loss, fit, hard_label_batches
 
@@ -95,7 +96,7 @@ def train_teacher(prep: Prepared, p: Params, out_dir: Path, ckpt_dir: Path | Non
                                data=prep.meta.get("data_hash", ""))
         res = fit(
             model, len(prep.y["train"]), hard_label_batches(prep.x["train"], prep.y["train"]), cross_entropy_loss,
-            (prep.x["val"], prep.y["val"]), p.teacher.train, spec.seed, ckpt, desc=f"teacher[{i}]",
+            (prep.x["val"], prep.y["val"]), p.teacher.train, spec.seed, ckpt, desc=f"teacher[{i}]", rt=Runtime(device=device_of(p.device)),
         )
         models.save(model, spec, prep.input_shape, prep.classes, out_dir / f"member-{i}.pt")
         if ckpt is not None:

@@ -5,11 +5,13 @@ seeded permutation, steps, validation, early stopping and a checkpoint. Batches 
 callables, so the same loop trains on hard labels, cached soft targets or an online teacher.
 Determinism on CPU: the epoch permutation depends only on (seed, epoch), and the torch RNG state is
 checkpointed, so a killed-and-resumed run ends with the same weights as an uninterrupted one.
+Under torch.distributed (`kd.distributed`) each rank takes its share of every global batch, its loss
+weighted by that share, and DistributedDataParallel averages the gradients: N processes take the steps
+one process would, up to float summation order. Rank 0 writes the checkpoints.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from kd.config import TrainParams
+from kd.distributed import Runtime
 from kd.failpoints import crash_point
 from kd.models import safe_load
 
@@ -51,7 +54,8 @@ def set_seed(seed: int) -> None:
 @torch.no_grad()
 def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 1024) -> float:
     model.eval()
-    preds = [model(torch.from_numpy(x[i : i + batch])).argmax(1).numpy() for i in range(0, len(x), batch)]
+    device = next(model.parameters()).device
+    preds = [model(torch.from_numpy(x[i : i + batch]).to(device)).argmax(1).cpu().numpy() for i in range(0, len(x), batch)]
     return float((np.concatenate(preds) == y).mean()) if len(y) else 0.0
 
 
@@ -73,10 +77,17 @@ def fit(
     extra_modules: list[nn.Module] | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
     desc: str = "train",
+    rt: Runtime | None = None,
 ) -> FitResult:
-    """Train `model` in place (ending on its best validation weights) and return the history."""
+    """Train `model` in place (ending on its best validation weights, on the CPU) and return the history."""
     set_seed(seed)
+    rt = rt or Runtime()
     extra = nn.ModuleList(extra_modules or [])  # e.g. FitNets regressors, trained with the student
+    if rt.world > 1 and (any(True for _ in extra.parameters()) or any(True for _ in extra.buffers())):
+        raise ValueError(f"{desc}: a loss with trained heads or memory banks (hint, at, crd) cannot be distributed yet; "
+                         "set distributed.nproc: 1 or use kd, dkd, dist, rkd or pkt")
+    model.to(rt.device)
+    extra.to(rt.device)
     opt = make_optimizer(list(model.parameters()) + list(extra.parameters()), tp)
     steps_per_epoch = math.ceil(n_rows / tp.batch_size)
     total = tp.epochs * steps_per_epoch
@@ -94,6 +105,11 @@ def fit(
         torch.set_rng_state(saved["torch_rng"])
         state = saved["state"]
         resumed = state["epoch"]
+    trained = model
+    if rt.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
 
     progress = None
     if tp.progress:
@@ -107,9 +123,13 @@ def fit(
         extra.train()
         sums: dict[str, float] = {}
         for i in range(0, n_rows, tp.batch_size):
-            loss, parts = loss_fn(model, batch_fn(order[i : i + tp.batch_size], epoch))
+            rows = order[i : i + tp.batch_size]
+            share = rt.share(rows)
+            weight = len(share) * rt.world / len(rows)  # DDP averages over ranks; this makes it the global batch mean
+            batch = _to(batch_fn(share if len(share) else rows[:1], epoch), rt.device)
+            loss, parts = loss_fn(trained, batch)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight if rt.world > 1 else loss).backward()
             opt.step()
             sched.step()
             for k, v in parts.items():
@@ -117,11 +137,11 @@ def fit(
         val_acc = accuracy(model, *val)
         state["history"].append({"epoch": epoch + 1, "val_accuracy": val_acc, **sums})
         if val_acc > state["best_acc"]:
-            state.update(best_acc=val_acc, best_epoch=epoch + 1, best_state=copy.deepcopy(model.state_dict()), bad_epochs=0)
+            state.update(best_acc=val_acc, best_epoch=epoch + 1, best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, bad_epochs=0)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
-        if ckpt is not None:
+        if ckpt is not None and rt.main:
             _save_checkpoint(ckpt, model, extra, opt, sched, state)
             crash_point(f"fit:{desc}:epoch-{epoch + 1}")
         if progress:
@@ -133,7 +153,15 @@ def fit(
         progress.close()
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
+    model.to("cpu")
+    extra.to("cpu")
     return FitResult(state["epoch"], state["best_epoch"], state["best_acc"], state["history"], resumed)
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def checkpoint_path(ckpt_dir: Path | None, kind: str, **determines) -> Path | None:

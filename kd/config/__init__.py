@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,6 +29,7 @@ from kd.config.checks import (
 )
 from kd.config.data import DataParams, SyntheticParams, ValidateParams
 from kd.config.monitor import MonitorParams
+from kd.config.runtime import DistributedParams
 from kd.config.serve import ServeParams
 from kd.config.train import (
     LOSS_NAMES,
@@ -52,6 +53,7 @@ __all__ = [
     "ConfigError",
     "DataParams",
     "DistillParams",
+    "DistributedParams",
     "DriftParams",
     "EnsembleMember",
     "EvaluateParams",
@@ -74,7 +76,7 @@ __all__ = [
     "reference_markdown",
 ]  # fmt: skip
 
-RUNTIME_SECTIONS = ("serve", "monitor")  # how a model is served and watched, not how it is made
+RUNTIME_SECTIONS = ("serve", "monitor", "device", "distributed")  # where a model is made, served and watched, not what it is
 RESOLVED = "params.resolved.yaml"  # written by the `config` stage; the params file of every other dvc.yaml stage
 
 
@@ -113,6 +115,9 @@ class Params(Section):
     """seed for splits, initialisation, batch order and augmentation views"""
     threads: int = Field(1, ge=1)
     """torch/onnxruntime CPU threads per stage: 1 is fastest for small models and immune to a busy machine"""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """where teachers, students and the scratch baseline train: auto is cuda when available, else cpu"""
+    distributed: DistributedParams = Field(default_factory=DistributedParams)
     data: DataParams = Field(default_factory=DataParams)
     validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
     teacher: TeacherParams = Field(default_factory=TeacherParams)
