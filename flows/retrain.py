@@ -80,6 +80,47 @@ def reproduce(root: str, stage: str, force: bool = False) -> dict:
     return {"stage": stage, "ran": changed, "seconds": seconds}
 
 
+@task
+def stale(root: str, stage: str) -> bool:
+    """Would DVC re-run this stage now?"""
+    from dvc.repo import Repo
+
+    with contextlib.chdir(root), Repo(root) as repo:
+        return bool(repo.status(targets=[stage]))
+
+
+@task
+def train_member(root: str, index: int) -> dict:
+    """One ensemble member, trained in its own process into the member store (`kd stage train_teacher --member`)."""
+    import subprocess
+
+    out = subprocess.run(["kd", "stage", "train_teacher", "--member", str(index), "--root", root], capture_output=True, text=True)
+    if out.returncode != 0:
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        kind = BadInput if out.returncode == 2 else StageFailed
+        raise kind(f"teacher member {index} failed: {lines[-1] if lines else 'exit code ' + str(out.returncode)}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@flow(name="kd-teacher-members")
+def teacher_members(root: str, n: int) -> list[dict]:
+    """The ensemble's members at once, as mapped tasks (on the Dask task runner `_member_runner` gives)."""
+    from prefect.utilities.annotations import unmapped
+
+    return [f.result() for f in train_member.map(unmapped(root), list(range(n)))]
+
+
+def _member_runner(p):
+    """A Dask task runner: the scheduler at distributed.dask_address, or a local cluster of teacher_workers
+    threads (each task's work is its own `kd` process, so threads are enough to run them at once)."""
+    from prefect_dask import DaskTaskRunner
+
+    d = p.distributed
+    if d.dask_address:
+        return DaskTaskRunner(address=d.dask_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": d.teacher_workers, "threads_per_worker": 1, "processes": False})
+
+
 @task(retries=2, retry_delay_seconds=3)
 def push(root: str) -> int:
     """Upload data, teacher, cache and models to the DVC remote (a local directory by default)."""
@@ -108,6 +149,9 @@ def retrain(root: str = ".", force: bool = False, push_remote: bool = True, reas
     p = load_params(Path(root) / "params.yaml")
     runs = []
     for name in STAGES:
+        parallel = p.teacher.mode == "ensemble" and p.distributed.teacher_workers > 1 and len(p.teacher.members) > 1
+        if name == "train_teacher" and parallel and (force or stale(root, name)):
+            teacher_members.with_options(task_runner=_member_runner(p))(root, len(p.teacher.members))
         runs.append(reproduce.with_options(name=name)(root, name, force))
     result = register(root, p, runs, reason)
     get_run_logger().info("kd: %-14s %s", "publish", result["note"])

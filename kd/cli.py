@@ -58,7 +58,8 @@ def stage(
     name: Annotated[str, typer.Argument(help="config | validate | train_teacher | soft_targets | distill | evaluate | checks")],
     root: Root = Path("."),
     overrides: Overrides = None,
-    nproc: Annotated[int, typer.Option(help="processes for the distill stage (torchrun on this machine); 0: distributed.nproc")] = 0,
+    nproc: Annotated[int, typer.Option(help="processes for soft_targets and distill (torchrun on this machine); 0: distributed.nproc")] = 0,
+    member: Annotated[int, typer.Option(help="train_teacher: train only this ensemble member, into the member store")] = -1,
 ) -> None:
     """Run one pipeline stage (what each dvc.yaml stage calls)."""
     import os
@@ -73,7 +74,13 @@ def stage(
         if nproc:
             p.distributed.nproc = nproc
         error_file(root, p, name).unlink(missing_ok=True)
-        if name in DISTRIBUTED and p.distributed.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        if member >= 0:
+            from kd.stages import train_member
+
+            if name != "train_teacher":
+                raise ValueError(f"--member is an option of train_teacher, not of {name}")
+            result = train_member(root, p, member)
+        elif name in DISTRIBUTED and p.distributed.nproc > 1 and "WORLD_SIZE" not in os.environ:
             from kd.distributed import relaunch
 
             try:

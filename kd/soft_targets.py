@@ -10,7 +10,8 @@ Layout of `cache/soft_targets/`:
   match is never used; `build` regenerates exactly the shards that are missing or corrupt.
 - `manifest.partial.json`: while building, the shards finished so far (key and sha256 each), rewritten
   atomically after every shard, so a killed build resumes where it stopped (DVC keeps the directory:
-  the stage's output is `persist: true`).
+  the stage's output is `persist: true`); a build in several processes keeps one per rank
+  (`manifest.partial-rank<r>.json`) and rank 0 merges them.
 
 The key hashes the teacher weights, the data version and the cache parameters, so a changed teacher or
 data set never reuses stale targets. Top-k keeps the k largest probabilities exactly and spreads the
@@ -31,6 +32,7 @@ import numpy as np
 
 from kd import augment
 from kd.config import SoftTargetParams
+from kd.distributed import Runtime
 from kd.failpoints import crash_point
 
 MANIFEST = "manifest.json"
@@ -102,13 +104,16 @@ def build(
     sp: SoftTargetParams,
     seed: int,
     meta: dict | None = None,
+    rt: Runtime | None = None,
 ) -> dict:
     """Make `root` a valid cache for `key`, computing only what is missing, corrupt or stale.
 
     `teacher_fn` maps a float32 batch (B, F) to log-probabilities (B, C). Returns a summary with the
-    shards (re)built, so callers can tell a reuse from a rebuild.
+    shards (re)built, so callers can tell a reuse from a rebuild. Under torch.distributed (`rt`), rank r
+    computes every world-th shard still to do, each rank records its finished shards in its own partial
+    manifest, and rank 0 commits the manifest once every rank is done: the same layout, in 1/world the time.
     """
-    root.mkdir(parents=True, exist_ok=True)
+    rt = rt or Runtime()
     n, k = len(x_all), sp.top_k
     if k >= n_classes:
         raise CacheError(f"soft_targets.top_k={k} must be below the number of classes ({n_classes}); use 0 for all")
@@ -116,22 +121,18 @@ def build(
     old = read_manifest(root)
     if old is not None and old.get("key") == key and not _bad_files(root, old):
         return {"key": key, "rebuilt_shards": [], "reused": True, "n": n}
-    partial = _read_json(root / PARTIAL)
-    if old is not None and old.get("key") == key:  # committed, but some files are missing or corrupt
-        done = {f: d for f, d in old["files"].items() if _intact(root, f, d, old["sizes"].get(f))}
-    elif partial is not None and partial.get("key") == key:  # a killed build of this very cache: resume it
-        done = {f: d for f, d in partial["files"].items() if _intact(root, f, d, None)}
-    else:  # another key (or nothing): start afresh
-        done = {}
-        for p in root.glob("shard-*.npy"):
-            p.unlink()
-    (root / MANIFEST).unlink(missing_ok=True)  # from here on the cache is uncommitted
-    _write_json(root / PARTIAL, {"key": key, "files": done})
-    views = view_params(root, n, sp, seed) if sp.views > 1 else None
+    _barrier(rt)  # every rank has decided before rank 0 changes anything
+    if rt.main:
+        _prepare(root, key, old, n, sp, seed)
+    _barrier(rt)
+    done = _read_json(root / PARTIAL)["files"]
+    views = augment.view_params(n, sp.views, sp.augment, seed) if sp.views > 1 else None  # deterministic: views.npz holds the same
     dtype = np.dtype(sp.dtype)
     todo = [s for s in range(n_shards) if not all(f in done for f in _shard_files(s, k))]
+    mine = todo[rt.rank :: rt.world]
+    progress = root / (PARTIAL if rt.world == 1 else f"manifest.partial-rank{rt.rank}.json")
     t0 = time.perf_counter()
-    for s in todo:
+    for s in mine:
         lo, hi = s * sp.shard_size, min(n, (s + 1) * sp.shard_size)
         out = np.empty((hi - lo, sp.views, k or n_classes), dtype)
         idx_out = np.empty((hi - lo, sp.views, k), index_dtype(n_classes)) if k else None
@@ -151,8 +152,11 @@ def build(
         if k:
             _save_npy(root / names[1], idx_out)
         done |= {f: sha256_file(root / f) for f in names}
-        _write_json(root / PARTIAL, {"key": key, "files": done})  # this shard is safe from a kill now
+        _write_json(progress, {"key": key, "files": done})  # this shard is safe from a kill now
         crash_point(f"soft_targets:shard-{s}")
+    _barrier(rt)  # every rank's shards are on disk
+    if not rt.main:
+        return {"key": key, "rebuilt_shards": mine, "reused": False, "n": n}
     files = [f for s in range(n_shards) for f in _shard_files(s, k)] + (["views.npz"] if sp.views > 1 else [])
     manifest = {
         "format": FORMAT_VERSION, "key": key, "n": n, "n_classes": n_classes, "views": sp.views, "top_k": k,
@@ -163,8 +167,37 @@ def build(
         "meta": meta or {},
     }
     _write_json(root / MANIFEST, manifest)  # the commit point
-    (root / PARTIAL).unlink(missing_ok=True)
-    return {"key": key, "rebuilt_shards": todo, "reused": False, "n": n, "seconds": time.perf_counter() - t0}
+    for partial in root.glob("manifest.partial*.json"):
+        partial.unlink()
+    return {"key": key, "rebuilt_shards": todo, "reused": False, "n": n, "processes": rt.world, "seconds": time.perf_counter() - t0}
+
+
+def _prepare(root: Path, key: str, old: dict | None, n: int, sp: SoftTargetParams, seed: int) -> None:
+    """Rank 0, before any shard is computed: keep what is intact for this key (from the manifest, or from
+    the partial manifests of a killed build), drop everything else, uncommit, write the views."""
+    root.mkdir(parents=True, exist_ok=True)
+    partials = [m for f in sorted(root.glob("manifest.partial*.json")) if (m := _read_json(f)) is not None and m.get("key") == key]
+    if old is not None and old.get("key") == key:  # committed, but some files are missing or corrupt
+        done = {f: d for f, d in old["files"].items() if _intact(root, f, d, old["sizes"].get(f))}
+    elif partials:  # a killed build of this very cache (one partial manifest per rank): resume it
+        done = {f: d for m in partials for f, d in m["files"].items() if _intact(root, f, d, None)}
+    else:  # another key (or nothing): start afresh
+        done = {}
+        for p in root.glob("shard-*.npy"):
+            p.unlink()
+    (root / MANIFEST).unlink(missing_ok=True)  # from here on the cache is uncommitted
+    for partial in root.glob("manifest.partial-rank*.json"):
+        partial.unlink()
+    _write_json(root / PARTIAL, {"key": key, "files": done})
+    if sp.views > 1:
+        view_params(root, n, sp, seed)
+
+
+def _barrier(rt: Runtime) -> None:
+    if rt.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def view_params(root: Path, n: int, sp: SoftTargetParams, seed: int) -> dict[str, np.ndarray]:

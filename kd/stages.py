@@ -89,6 +89,15 @@ def train_teacher(root: Path, p: Params) -> dict:
     return summary
 
 
+def train_member(root: Path, p: Params, index: int) -> dict:
+    """Train one ensemble member into the member store (the flow runs these in parallel before train_teacher)."""
+    from kd import data, teacher
+
+    if p.teacher.mode != "ensemble" or not 0 <= index < len(p.teacher.members):
+        raise ValueError(f"--member {index}: teacher.mode is {p.teacher.mode} with {len(p.teacher.members)} members")
+    return teacher.train_member(data.load(_path(root, p.paths.prepared)), p, index, _path(root, p.paths.checkpoints))
+
+
 def _import_from_registry(root: Path, p: Params, prep, out: Path) -> dict:
     """A kd predictor from the registry (e.g. models:/kd-student@champion) as this run's teacher."""
     import shutil
@@ -112,14 +121,17 @@ def soft_targets(root: Path, p: Params) -> dict:
     """Compute the teacher's outputs on the distillation inputs once, into the content-addressed cache."""
     from kd import data, teacher
     from kd import soft_targets as cache
+    from kd.distributed import runtime
 
     prep = data.load(_path(root, p.paths.prepared))
     model, summary = teacher.load_teacher(_path(root, p.paths.teacher))
+    rt = runtime("cpu", p.distributed.backend)  # the teacher's forward passes; rank r takes every world-th shard
     key = cache.cache_key(summary["teacher_hash"], prep.meta["data_hash"], p.soft_targets, p.seed)
     result = cache.build(
         _path(root, p.paths.soft_targets), key, prep.distill_inputs(), lambda xb: teacher.predict_logp(model, xb),
         prep.n_classes, p.soft_targets, p.seed,
         meta={"teacher_hash": summary["teacher_hash"], "data_hash": prep.meta["data_hash"], "params": p.soft_targets.model_dump()},
+        rt=rt,
     )
     return result
 
@@ -134,6 +146,14 @@ def distill(root: Path, p: Params) -> dict:
         _path(root, p.paths.checkpoints),
     )
     return _without_history(summary)
+
+
+def soft_targets_summary(root: Path, p: Params) -> dict:
+    """What the soft_targets stage reports, read from the committed manifest (after a run in several processes)."""
+    from kd.soft_targets import read_manifest
+
+    m = read_manifest(_path(root, p.paths.soft_targets)) or {}
+    return {"key": m.get("key"), "n": m.get("n"), "n_shards": m.get("n_shards"), "processes": p.distributed.nproc}
 
 
 def distill_summary(root: Path, p: Params) -> dict:
@@ -172,7 +192,7 @@ def checks(root: Path, p: Params) -> dict:
     return {"gates": [(g["name"], g["passed"], g["action"]) for g in result["gates"]]}
 
 
-DISTRIBUTED = {"distill": distill_summary}  # stages that run in distributed.nproc processes, and how their result is read
+DISTRIBUTED = {"soft_targets": soft_targets_summary, "distill": distill_summary}  # stages that run in distributed.nproc processes, and how their result is read
 
 STAGES: dict[str, Callable[[Path, Params], dict]] = {
     "config": config,

@@ -86,24 +86,73 @@ def member_specs(p: Params) -> list[EnsembleMember]:
 
 
 def train_teacher(prep: Prepared, p: Params, out_dir: Path, ckpt_dir: Path | None = None) -> dict:
-    """Train the teacher (or every ensemble member) and write it to `out_dir`; return its summary."""
+    """Train the teacher (or every ensemble member) and write it to `out_dir`; return its summary. A member
+    that `train_member` already trained for exactly these settings and data (the parallel path of the
+    flow) is taken from the member store instead of being trained again."""
     out_dir.mkdir(parents=True, exist_ok=True)
     members, summaries = [], []
-    for i, spec in enumerate(member_specs(p)):
-        torch.manual_seed(spec.seed)
-        model = models.build(spec, prep.input_shape, prep.n_classes)
-        ckpt = checkpoint_path(ckpt_dir, f"teacher-{i}", spec=spec.model_dump(), train=p.teacher.train.model_dump(),
-                               data=prep.meta.get("data_hash", ""))
-        res = fit(
-            model, len(prep.y["train"]), hard_label_batches(prep.x["train"], prep.y["train"]), cross_entropy_loss,
-            (prep.x["val"], prep.y["val"]), p.teacher.train, spec.seed, ckpt, desc=f"teacher[{i}]", rt=Runtime(device=device_of(p.device)),
-        )
-        models.save(model, spec, prep.input_shape, prep.classes, out_dir / f"member-{i}.pt")
-        if ckpt is not None:
-            ckpt.unlink(missing_ok=True)
+    for i in range(len(member_specs(p))):
+        stored = _stored_member(prep, p, i, ckpt_dir)
+        info = json.loads(stored.with_suffix(".json").read_text()) if stored is not None and stored.with_suffix(".json").exists() else None
+        if info is None:
+            model, info = _train_member(prep, p, i, ckpt_dir)
+            models.save(model, member_specs(p)[i], prep.input_shape, prep.classes, out_dir / f"member-{i}.pt")
+        else:
+            shutil.copy(stored, out_dir / f"member-{i}.pt")
+            model = models.load(out_dir / f"member-{i}.pt")[0]
+            info |= {"from_store": True}  # with the process and the times it trained in
+            stored.unlink(), stored.with_suffix(".json").unlink()  # used: the store holds only what is pending
         members.append(model)
-        summaries.append({"arch": spec.arch, "seed": spec.seed, "val_accuracy": res.best_val_accuracy, "epochs": res.epochs_run})
+        summaries.append(info)
     return _write_summary(Teacher(members, p.teacher.combine), prep, p, out_dir, summaries)
+
+
+def train_member(prep: Prepared, p: Params, i: int, ckpt_dir: Path) -> dict:
+    """Train ensemble member `i` alone into the member store (`<checkpoints>/members/`), keyed by what
+    determines its weights; `train_teacher` then assembles the stored members. One call per process:
+    the flow maps it over the members on a Dask task runner."""
+    import os
+    import time
+
+    t0 = time.time()
+    model, info = _train_member(prep, p, i, ckpt_dir)
+    path = _member_key(prep, p, i, ckpt_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    models.save(model, member_specs(p)[i], prep.input_shape, prep.classes, tmp)
+    tmp.replace(path)
+    info |= {"pid": os.getpid(), "started": t0, "finished": time.time()}
+    path.with_suffix(".json").write_text(json.dumps(info))  # written last: the member's commit point
+    return info
+
+
+def _train_member(prep: Prepared, p: Params, i: int, ckpt_dir: Path | None) -> tuple[nn.Module, dict]:
+    spec = member_specs(p)[i]
+    torch.manual_seed(spec.seed)
+    model = models.build(spec, prep.input_shape, prep.n_classes)
+    ckpt = checkpoint_path(ckpt_dir, f"teacher-{i}", spec=spec.model_dump(), train=p.teacher.train.model_dump(),
+                           data=prep.meta.get("data_hash", ""))
+    res = fit(
+        model, len(prep.y["train"]), hard_label_batches(prep.x["train"], prep.y["train"]), cross_entropy_loss,
+        (prep.x["val"], prep.y["val"]), p.teacher.train, spec.seed, ckpt, desc=f"teacher[{i}]", rt=Runtime(device=device_of(p.device)),
+    )
+    if ckpt is not None:
+        ckpt.unlink(missing_ok=True)
+    return model, {"arch": spec.arch, "seed": spec.seed, "val_accuracy": res.best_val_accuracy, "epochs": res.epochs_run}
+
+
+def _member_key(prep: Prepared, p: Params, i: int, ckpt_dir: Path) -> Path:
+    spec = member_specs(p)[i]
+    where = checkpoint_path(Path(ckpt_dir) / "members", f"member-{i}", spec=spec.model_dump(), train=p.teacher.train.model_dump(),
+                            data=prep.meta.get("data_hash", ""), device=p.device)
+    return where
+
+
+def _stored_member(prep: Prepared, p: Params, i: int, ckpt_dir: Path | None) -> Path | None:
+    if ckpt_dir is None:
+        return None
+    path = _member_key(prep, p, i, ckpt_dir)
+    return path if path.exists() else None
 
 
 def import_teacher(prep: Prepared, p: Params, out_dir: Path, source: Path, bundle: dict | None = None) -> dict:

@@ -54,7 +54,7 @@ def set_seed(seed: int) -> None:
 @torch.no_grad()
 def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 1024) -> float:
     model.eval()
-    device = next(model.parameters()).device
+    device = next(model.parameters(), torch.empty(0)).device  # an ONNX member has no parameters: the CPU
     preds = [model(torch.from_numpy(x[i : i + batch]).to(device)).argmax(1).cpu().numpy() for i in range(0, len(x), batch)]
     return float((np.concatenate(preds) == y).mean()) if len(y) else 0.0
 

@@ -13,6 +13,10 @@ from kd.config.base import Section
 
 class DistributedParams(Section):
     nproc: int = Field(1, ge=1)
-    """processes per machine for the distill stage (torch.distributed, launched by torchrun); 1: one process"""
+    """processes per machine for the soft_targets and distill stages (torch.distributed, launched by torchrun); 1: one"""
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """torch.distributed backend: auto is nccl on CUDA, gloo on CPU"""
+    teacher_workers: int = Field(1, ge=1)
+    """ensemble members trained at once, each in its own process, as mapped Prefect tasks on a Dask task runner"""
+    dask_address: str = ""
+    """a running Dask scheduler (tcp://host:8786) for those tasks; empty: a local cluster of teacher_workers"""

@@ -1,6 +1,6 @@
 """Distributed distillation on real processes: `kd stage distill --nproc 2` launches torchrun, two ranks
 join a gloo process group on loopback and train with DistributedDataParallel. The result is checked
-against a one-process run of the same project: weights equal within 1e-5 (float summation order is the
+against a one-process run of the same project: the same soft-target cache byte for byte, weights equal within 1e-5 (float summation order is the
 only difference), the same validation accuracies. A rank SIGKILLed after an epoch leaves a checkpoint
 rank 0 wrote; the next run resumes from it and ends where the uninterrupted run did."""
 
@@ -23,6 +23,7 @@ def _params():
     params = copy.deepcopy(TINY)
     params["data"]["synthetic"]["n_transfer"] = 0
     params["student"]["train"] = {"epochs": 4, "batch_size": 50}  # 390 rows: the last global batch is ragged
+    params["soft_targets"] = {"shard_size": 64}  # 7 shards: rank 0 takes 0, 2, 4, 6 and rank 1 takes 1, 3, 5
     return params
 
 
@@ -97,3 +98,33 @@ def test_asking_for_cuda_without_one_is_a_clear_error(prepared):
     cuda = _copy(prepared, "cuda")
     out = _kd(cuda, "stage", "distill", "-s", "device=cuda", check=False)
     assert out.returncode == 2 and "device: cuda" in out.stderr and "Traceback" not in out.stderr
+
+
+def _rebuild_cache(prepared, name, env=None, check=True):
+    root = _copy(prepared, name)
+    shutil.rmtree(root / "cache/soft_targets")
+    return root, _kd(root, "stage", "soft_targets", "--nproc", "2", env=env, check=check)
+
+
+def test_two_processes_build_the_one_process_cache_byte_for_byte(prepared):
+    base, _, _ = prepared
+    root, out = _rebuild_cache(prepared, "cache2")
+    assert json.loads(out.stdout)["processes"] == 2
+    want = json.loads((base / "cache/soft_targets/manifest.json").read_text())
+    got = json.loads((root / "cache/soft_targets/manifest.json").read_text())
+    assert got["files"] == want["files"] and got["key"] == want["key"]  # sha256 of every shard
+    assert not list((root / "cache/soft_targets").glob("manifest.partial*"))
+
+
+def test_a_rank_killed_mid_cache_resumes_from_the_shards_every_rank_finished(prepared):
+    base, _, _ = prepared
+    root, crash = _rebuild_cache(prepared, "cachekill", env=os.environ | {"KD_CRASH_AT": "soft_targets:shard-3"}, check=False)
+    cache = root / "cache/soft_targets"
+    assert crash.returncode != 0 and not (cache / "manifest.json").exists()
+    rank1 = json.loads((cache / "manifest.partial-rank1.json").read_text())["files"]
+    assert {"shard-00001.logp.npy", "shard-00003.logp.npy"} <= set(rank1)  # rank 1 finished shard 1, then 3, then died
+    kept = {f: (cache / f).stat().st_mtime_ns for f in rank1}
+    _kd(root, "stage", "soft_targets", "--nproc", "2")
+    assert {f: (cache / f).stat().st_mtime_ns for f in kept} == kept  # not computed again
+    want = json.loads((base / "cache/soft_targets/manifest.json").read_text())
+    assert json.loads((cache / "manifest.json").read_text())["files"] == want["files"]
