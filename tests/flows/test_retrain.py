@@ -147,6 +147,20 @@ def test_noop_rerun_skips_every_stage_and_leaves_the_registry_alone(project):
     assert len(client.search_runs([client.get_experiment_by_name("kd").experiment_id])) == n_runs
 
 
+def test_a_corrupted_cache_shard_is_rebuilt_alone_and_nothing_downstream_reruns(project):
+    cache = project / "cache/soft_targets"
+    manifest = json.loads((cache / "manifest.json").read_text())
+    shard = cache / "shard-00000.logp.npy"
+    data = bytearray(shard.read_bytes())
+    data[-8:] = bytes(8)  # same size, other bytes: only the checksum can tell
+    shard.write_bytes(bytes(data))
+    versions = _versions(project)
+    result = _run(project)
+    assert _ran(result) == dict.fromkeys(STAGES, False) | {"soft_targets": True}  # DVC kept the directory (persist)
+    assert json.loads((cache / "manifest.json").read_text())["files"] == manifest["files"]  # rebuilt to the same bytes
+    assert _versions(project) == versions
+
+
 def test_student_change_reruns_only_downstream_and_reuses_the_cache(project):
     manifest = (project / "cache/soft_targets/manifest.json").read_text()
     params = read_params(project)
