@@ -141,15 +141,10 @@ class EdgeModel:
     """Runs an edge bundle with onnxruntime on the CPU; the schema and the classes come from the file's metadata."""
 
     def __init__(self, path: Path, threads: int = 0):
-        import onnxruntime as ort
+        from kd.export import cpu_session
 
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = threads
-        opts.log_severity_level = 3
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(path, threads)
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get(KEY + "format") != FORMAT:
             raise ValueError(f"{path}: not a kd edge bundle of format {FORMAT} (metadata {KEY}format = {meta.get(KEY + 'format')!r})")

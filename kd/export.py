@@ -30,19 +30,24 @@ def quantize_int8(src: Path, dst: Path) -> Path:
     return dst
 
 
+def cpu_session(path: Path, threads: int = 0):
+    """An onnxruntime session on the CPU (`threads` 0: onnxruntime's default), quiet below errors."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
 class OnnxModel:
     """Runs an ONNX file with onnxruntime on the CPU; called like a model on numpy batches."""
 
     def __init__(self, path: Path, threads: int = 0):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = threads
-        opts.log_severity_level = 3
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(path, threads)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]

@@ -53,23 +53,14 @@ def test_the_library_never_reaches_up_into_flows_even_indirectly():
     import sys
 
     sys.path.insert(0, str(KD.parent / "tests" / "code"))
-    from test_dvc_deps import _closure, _imports
+    from test_dvc_deps import _closure
+    from test_dvc_deps import _imports as kd_imports
 
     for path in KD.rglob("*.py"):
         name = ".".join(path.relative_to(KD.parent).with_suffix("").parts).removesuffix(".__init__")
         if name in ("kd.cli", "kd.__main__"):  # the command line: it starts flows
             continue
-        reached = _closure(_imports(ast.parse(path.read_text()), name))
+        reached = _closure(kd_imports(ast.parse(path.read_text()), name))
         for module in reached | {path}:
-            found = _all_imports(module)
+            found = _imports(module)
             assert not {"flows", "prefect"} & found, f"{name} reaches {module.name}, which imports {sorted({'flows', 'prefect'} & found)}"
-
-
-def _all_imports(path: Path) -> set[str]:
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
-    return names
