@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import time
@@ -26,3 +27,17 @@ def write_json(name: str, payload: dict, quick: bool) -> Path:
             "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
     path.write_text(json.dumps({"meta": meta, **payload}, indent=2))
     return path
+
+
+def bench_args(doc: str, add=None) -> argparse.Namespace:
+    """The arguments every benchmark takes (--quick, --threads; `add` adds its own), with torch's threads set."""
+    import torch
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test (seconds)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: stable timings on a shared 2-core box)")
+    if add:
+        add(ap)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    return args

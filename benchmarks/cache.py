@@ -23,7 +23,6 @@ Run: python benchmarks/cache.py [--quick]   (full: about 1 minute on 2 cores)
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from unittest import mock
 
 import numpy as np
 import torch
-from _common import md_table, write_json
+from _common import bench_args, md_table, write_json
 
 import kd.distill
 from kd import data, models, sources
@@ -118,11 +117,7 @@ def bytes_per_sample(n: int, tmp: Path) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test (seconds)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: stable timings on a shared 2-core box)")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = bench_args(__doc__)
     n, epochs, rounds = (2000, 3, 2) if args.quick else (20000, 4, 4)
     regimes = ("hard-label", "cached", "online")
     results, rows = [], []

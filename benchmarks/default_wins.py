@@ -102,6 +102,13 @@ def verdict(runs: list[dict]) -> dict:
     return out
 
 
+def _shown(path) -> str:
+    """The params file as the results record it: relative to the repository when inside it (no machine paths)."""
+    path = Path(path).resolve()
+    repo = Path(__file__).resolve().parents[1]
+    return str(path.relative_to(repo)) if path.is_relative_to(repo) else path.name
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="the configuration to measure (default: the embedded default)")
@@ -135,7 +142,7 @@ def main() -> None:
     secs = {k: float(np.mean([r["seconds"][k] for r in runs])) for k in runs[0]["seconds"]}
     print(f"teacher - student: {v['teacher_minus_student'] * 100:.2f} pp; passes: {v['passes']}")
     print("mean seconds per seed: " + ", ".join(f"{k} {x:.0f}" for k, x in secs.items()))
-    out = write_json("default_wins", {"params_file": str(args.params), "runs": runs, "verdict": v, "mean_seconds": secs,
+    out = write_json("default_wins", {"params_file": _shown(args.params), "runs": runs, "verdict": v, "mean_seconds": secs,
                                       "total_seconds": time.perf_counter() - start, "threads": args.threads}, args.quick)
     print(f"total {(time.perf_counter() - start) / 60:.1f} min; wrote {out}", file=sys.stderr)
 

@@ -19,7 +19,6 @@ Run: python benchmarks/loss_cost.py [--quick]   (full: under 7 minutes on 2 core
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from unittest import mock
 
 import numpy as np
 import torch
-from _common import md_table, write_json
+from _common import bench_args, md_table, write_json
 
 import kd.distill
 from kd import data, models, sources
@@ -95,11 +94,7 @@ def step_times(p, prep, teacher, targets, steps: int, warmup: int) -> tuple[list
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test (seconds)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: stable timings on a shared 2-core box)")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = bench_args(__doc__)
     n, steps, warmup, rounds = (2000, 12, 2, 2) if args.quick else (20000, 110, 10, 4)
     results, rows = [], []
     with tempfile.TemporaryDirectory(prefix="kd-bench-loss-") as d:
