@@ -10,25 +10,15 @@ import urllib.request
 import uuid
 
 import pytest
+from throwaway_pg import pg_database
 
 from kd.config import RegistryParams
-
-PG = "postgresql://postgres@127.0.0.1:5432"
 
 
 @pytest.fixture
 def pg_uri():
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(f"{PG}/test", connect_timeout=3, autocommit=True)
-    except psycopg.OperationalError as err:
-        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432: {err}")
-    name = f"kd_test_{uuid.uuid4().hex[:10]}"
-    admin.execute(f"CREATE DATABASE {name}")
-    yield f"{PG}/{name}"
-
-    admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.close()
+    with pg_database() as (url, _, _):
+        yield url
 
 
 @pytest.fixture

@@ -1,47 +1,19 @@
-"""Real faults, as they happen: a SIGKILLed `kd run` (in the soft-target build, mid-training, at every step
-of publication), two runs at once, the MLflow server stopped mid-run. After each, the next `kd run` ends
-exactly where an uninterrupted run ends."""
+"""Real faults, as they happen: a SIGKILLed `kd run` (in the soft-target build, mid-training), two runs at once,
+the MLflow server stopped mid-run. After each, the next `kd run` ends exactly where an uninterrupted run ends.
+(Kills at every step of publication: test_crash_publication.py.)"""
 
 import copy
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
 
 import pytest
 import torch
-from kdproject import TINY, make_project, read_params, write_params
+from crashing import PARAMS, kd_env, kd_run, registry_client, weights
+from kdproject import make_project
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
-
-# Four cache shards and enough epochs to die in the middle of either.
-PARAMS = copy.deepcopy(TINY) | {"soft_targets": {"shard_size": 200}}
-PARAMS["student"] = {"model": {"arch": "mlp", "width": 8, "depth": 1}, "train": {"epochs": 4}}
-
-
-def _env(extra: dict | None = None) -> dict:
-    from prefect.settings import PREFECT_API_URL
-
-    # the test harness's Prefect API (a killed run leaves no temporary server behind)
-    return os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value()} | (extra or {})
-
-
-def kd_run(root, crash_at: str | None = None, **kw) -> subprocess.CompletedProcess:
-    env = _env({"KD_CRASH_AT": crash_at} if crash_at else None)
-    return subprocess.run(["kd", "run", "--root", str(root), "--no-push"], capture_output=True, text=True, env=env, timeout=600, **kw)
-
-
-def _weights(path):
-    return torch.load(path, weights_only=True)["state_dict"]
-
-
-def _client(root):
-    from mlflow import MlflowClient
-
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    return MlflowClient(uri, uri)
 
 
 @pytest.fixture(scope="module")
@@ -74,97 +46,24 @@ def test_killed_in_the_cache_build_and_in_training_resumes_to_the_uninterrupted_
     summary = json.loads((root / "models/distilled/distill.json").read_text())
     assert summary["stages"][0]["resumed_from_epoch"] == 2  # it resumed, it did not start over
     for model in ("student", "scratch"):
-        got, want = _weights(root / f"models/distilled/{model}/model.pt"), _weights(reference / f"models/distilled/{model}/model.pt")
+        got, want = weights(root / f"models/distilled/{model}/model.pt"), weights(reference / f"models/distilled/{model}/model.pt")
         assert all(torch.equal(got[k], want[k]) for k in want), model
-    champion = _client(root).get_model_version_by_alias("kd-student", "champion")
+    champion = registry_client(root).get_model_version_by_alias("kd-student", "champion")
     assert str(champion.version) == "1" and champion.tags["teacher_run_id"] not in ("", "unknown")
 
 
 def test_two_runs_at_once_take_turns(tmp_path, reference):
     root = make_project(tmp_path / "proj", copy.deepcopy(PARAMS))
     cmd = ["kd", "run", "--root", str(root), "--no-push"]
-    first = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    second = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(cmd, env=kd_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = subprocess.Popen(cmd, env=kd_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     outs = [p.communicate(timeout=600) for p in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, outs
     assert sum("waiting for it to finish" in err for _, err in outs) == 1  # one waited, and said so
     assert sum("nothing changed since run" in out for out, _ in outs) == 1  # then found the work done
-    assert [str(v.version) for v in _client(root).search_model_versions("name = 'kd-student'")] == ["1"]
+    assert [str(v.version) for v in registry_client(root).search_model_versions("name = 'kd-student'")] == ["1"]
     status = subprocess.run(["dvc", "status", "--json"], cwd=root, capture_output=True, text=True, check=True)
     assert json.loads(status.stdout) == {"config": ["always changed"]}  # every stage up to date but the resolver
-
-
-# ---------------------------------------------------------------------------------------- publication
-CRASH_POINTS = ["publish:logging", "publish:logged", "publish:registered", "publish:gated", "aliases:written-ahead",
-                "aliases:previous-moved", "publish:promoted", "publish:done"]
-VOLATILE = {"pipeline_run_id", "promoted_at"}
-
-
-def registry_state(root) -> dict:
-    """Everything publication decides, without run ids and timestamps."""
-    client = _client(root)
-    state = {}
-    for name in ("kd-student", "kd-teacher"):
-        state[name] = {v.version: {k: t for k, t in v.tags.items() if k not in VOLATILE}
-                       for v in client.search_model_versions(f"name = '{name}'")}
-    model = client.get_registered_model("kd-student")
-    tags = dict(model.tags)
-    assert "kd.pending" not in tags, "an alias move was left half done"
-    state["aliases"] = dict(model.aliases)
-    state["stack"] = tags.get("kd.champions")
-    state["history"] = [{k: v for k, v in json.loads(tags[k]).items() if k != "at"} for k in sorted(tags) if k.startswith("kd.history.")]
-    exp = client.get_experiment_by_name("kd").experiment_id
-    live = [r for r in client.search_runs([exp], "tags.kind = 'pipeline'")]
-    state["pipeline_runs"] = sorted((r.data.tags["kd.candidate"], r.info.status, r.data.tags.get("kd.logged")) for r in live)
-    state["published"] = {k: v for k, v in json.loads((root / "reports/publish/published.json").read_text()).items() if k != "run_id"}
-    return state
-
-
-@pytest.fixture(scope="module")
-def second_candidate(tmp_path_factory, reference):
-    """v1 is champion; a changed student has gone through the stages (dvc repro) but is not published.
-    Returns the project and a snapshot of its registry and publish record at that point."""
-    root = tmp_path_factory.mktemp("publish") / "proj"
-    shutil.copytree(reference, root, symlinks=True)
-    params = read_params(root)
-    params["student"]["train"]["epochs"] = 3
-    write_params(root, params)
-    out = subprocess.run(["dvc", "repro"], cwd=root, capture_output=True, text=True, env=_env())
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    snap = root.parent / "snapshot"
-    snap.mkdir()
-    for name in ("mlflow.db", "mlartifacts", "reports/publish"):
-        (snap / name).parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if (root / name).is_dir() else shutil.copy)(root / name, snap / name)
-    return root, snap
-
-
-def _restore(root, snap):
-    for name in ("mlflow.db", "mlartifacts", "reports/publish"):
-        target = root / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        (shutil.copytree if (snap / name).is_dir() else shutil.copy)(snap / name, target)
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(second_candidate):
-    root, snap = second_candidate
-    _restore(root, snap)
-    out = kd_run(root)
-    assert out.returncode == 0 and "version 2 is now @champion" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
-    return registry_state(root)
-
-
-@pytest.mark.parametrize("point", CRASH_POINTS)
-def test_publication_killed_at_any_step_ends_where_an_uninterrupted_run_ends(second_candidate, uninterrupted, point):
-    root, snap = second_candidate
-    _restore(root, snap)
-    out = kd_run(root, crash_at=point)
-    assert out.returncode == -signal.SIGKILL, (out.returncode, out.stderr[-2000:])
-    out = kd_run(root)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert registry_state(root) == uninterrupted
-    assert "version 2 is now @champion" in out.stdout
 
 
 def test_mlflow_server_stopped_mid_run(tmp_path, prefect_api):
@@ -194,8 +93,8 @@ def test_mlflow_server_stopped_mid_run(tmp_path, prefect_api):
 
     server = start()
     root = make_project(tmp_path / "proj", copy.deepcopy(PARAMS) | {"registry": {"tracking_uri": url}})
-    env = _env({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
-    run = subprocess.Popen(["kd", "run", "--root", str(root), "--no-push"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_env = kd_env({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
+    run = subprocess.Popen(["kd", "run", "--root", str(root), "--no-push"], env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while run.poll() is None and not (root / "reports/checks/checks.json").exists():
         time.sleep(0.2)
     server.send_signal(signal.SIGTERM)  # the stages are done; publication is about to talk to the server
@@ -212,7 +111,7 @@ def test_mlflow_server_stopped_mid_run(tmp_path, prefect_api):
         for mv in client.search_model_versions("name = 'kd-student'"):  # whatever got in is resumable, not promoted
             assert mv.tags.get("kd.publish") != "done"
         assert not client.search_registered_models() or "champion" not in (client.get_registered_model("kd-student").aliases or {})
-        out = subprocess.run(["kd", "run", "--root", str(root), "--no-push"], capture_output=True, text=True, env=env, timeout=600)
+        out = subprocess.run(["kd", "run", "--root", str(root), "--no-push"], capture_output=True, text=True, env=run_env, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
         assert str(client.get_model_version_by_alias("kd-student", "champion").version) == "1"
         assert [v.tags["kd.publish"] for v in client.search_model_versions("name = 'kd-student'")] == ["done"]

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from throwaway_pg import pg_database  # noqa: F401  (the serving tests' PostgreSQL log)
 
 REPO = Path(__file__).resolve().parents[2]
-PG = "postgresql://postgres@127.0.0.1:5432"
 
 
 def _code_conftest():
@@ -130,24 +130,6 @@ class Server:
                 self.proc.wait()
                 pytest.fail(f"kd serve did not stop within {timeout} s of signal {sig}:\n{self.stderr()}")
         return self.proc.returncode
-
-
-@contextlib.contextmanager
-def pg_database():
-    """A throwaway PostgreSQL database (skips without a server); yields (its URL, an autocommit admin connection)."""
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(f"{PG}/test", connect_timeout=3, autocommit=True)
-    except psycopg.OperationalError as err:
-        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432: {err}")
-    name = f"kd_serve_{uuid.uuid4().hex[:10]}"
-    admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"{PG}/{name}", name, admin
-    finally:
-        admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
 
 
 def cut_off(admin, name: str) -> None:
