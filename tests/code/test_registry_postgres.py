@@ -2,14 +2,10 @@
 directly and through a real `mlflow server` process. Versions, gate tags, promotion only by `promote`,
 rollback. Uses a throwaway database."""
 
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 
 import pytest
+from mlflow_server import free_port, start_mlflow, stop
 from throwaway_pg import pg_database
 
 from kd.config import RegistryParams
@@ -24,28 +20,12 @@ def pg_uri():
 @pytest.fixture
 def mlflow_server(pg_uri, tmp_path):
     """`mlflow server` on a free local port, PostgreSQL backend, artifacts proxied to a temp dir."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", pg_uri, "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    port = free_port()
+    proc = start_mlflow(port, pg_uri, tmp_path / "server-artifacts", tmp_path / "server.log")
     try:
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(f"{url}/health", timeout=1).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not start within 60 s")
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc)
 
 
 @pytest.mark.parametrize("through", ["store", "server"])

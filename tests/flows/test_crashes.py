@@ -6,12 +6,13 @@ import copy
 import json
 import signal
 import subprocess
-import sys
+import time
 
 import pytest
 import torch
 from crashing import PARAMS, kd_env, kd_run, registry_client, weights
 from kdproject import make_project
+from mlflow_server import free_port, start_mlflow
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
@@ -69,27 +70,9 @@ def test_two_runs_at_once_take_turns(tmp_path, reference):
 def test_mlflow_server_stopped_mid_run(tmp_path, prefect_api):
     """A real `mlflow server`, stopped when the stages are done: a clear error, nothing half-registered;
     with the server back, the next run completes the publication."""
-    import socket
-    import time
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    store = f"sqlite:///{tmp_path / 'server.db'}"
-
-    def start():
-        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                                 "--backend-store-uri", store, "--artifacts-destination", str(tmp_path / "artifacts")],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(f"{url}/health", timeout=1).status == 200:
-                    return proc
-            except OSError:
-                time.sleep(0.5)
-        pytest.fail("mlflow server did not start")
+    start = lambda: start_mlflow(port, f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts", tmp_path / "server.log")
 
     server = start()
     root = make_project(tmp_path / "proj", copy.deepcopy(PARAMS) | {"registry": {"tracking_uri": url}})
