@@ -26,7 +26,7 @@ class _Net(nn.Module):
         self.head = nn.Linear(dim, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x.reshape(-1, *self.reshape)))
+        return self.head(self.features(x.reshape(x.shape[0], *self.reshape)))
 
 
 def mlp(input_shape, n_classes: int, width: int = 64, depth: int = 2, dropout: float = 0.0) -> nn.Module:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +46,7 @@ def qconfig_mapping():
     activation = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8,
                                         qscheme=torch.per_tensor_affine, reduce_range=False)
     qconfig = QConfig(activation=activation, weight=default_per_channel_weight_fake_quant)
-    # A reshape is a shape op sharing its input's observer; the graph input then goes unobserved. Left
-    # unquantized, the first layer observes its own (reshaped) input instead.
-    return get_default_qat_qconfig_mapping("x86", version=0).set_global(qconfig).set_object_type("reshape", None)
+    return get_default_qat_qconfig_mapping("x86", version=0).set_global(qconfig)
 
 
 class QatStudent(nn.Module):
@@ -57,13 +56,14 @@ class QatStudent(nn.Module):
         super().__init__()
         from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
-        n_features = math.prod(getattr(student, "input_shape", ()))
-        if not n_features:
-            raise ValueError("student.qat: the student does not declare its input_shape (a kd.models architecture does)")
-        float_model = copy.deepcopy(student).cpu().train()
+        if not all(hasattr(student, a) for a in ("input_shape", "reshape", "features", "head")):
+            raise ValueError("student.qat: the student is not a kd.models architecture (input_shape, reshape, features, head)")
+        # The network after its input reshape: the graph's input is then the first layer's, and is quantized.
+        body = copy.deepcopy(nn.Sequential(OrderedDict(features=student.features, head=student.head))).cpu().train()
+        self.reshape = tuple(student.reshape)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice (see the module docstring)
-            self.net = prepare_qat_fx(float_model, qconfig_mapping(), (torch.zeros(2, n_features),))
+            self.net = prepare_qat_fx(body, qconfig_mapping(), (torch.zeros(2, *self.reshape),))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.q, self.steps_per_epoch = q, steps_per_epoch
         self.freeze_at = q.freeze_observers_after * steps_per_epoch  # 0: never
@@ -87,7 +87,7 @@ class QatStudent(nn.Module):
         if self.training:
             self._observe(self.freeze_at == 0 or int(self.steps) < self.freeze_at)
             self.steps += 1
-        return self.net(x)
+        return self.net(x.reshape(x.shape[0], *self.reshape))
 
     def fake_quant_enabled(self, on: bool) -> QatStudent:
         """Switch fake quantization itself (tests: with it off, the model computes the float student)."""
