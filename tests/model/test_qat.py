@@ -81,6 +81,7 @@ def test_int8_onnx_computes_the_fake_quantized_student_within_a_step_bound(setup
     (_, w1), (_, w2) = _weights(qmodel)
     row_sum = lambda w: float(w.abs().sum(1).max())  # noqa: E731
     bound = s_out + row_sum(w2) * (s_h + row_sum(w1) * s_in)
+    print(f"max |onnx - fake quant| = {np.abs(int8 - fake).max():.4g}, bound {bound:.4g}, output step {s_out:.4g}")
     assert np.abs(int8 - fake).max() <= bound + 1e-5
     # and the logits sit on the output grid: s_out * (q - zp) with integer q
     q = int8 / s_out + _fq(qmodel.net.activation_post_process_2)[1].item()
@@ -97,6 +98,11 @@ def test_qdq_graph_has_int8_weights_on_the_training_grid(setup):
     assert ops["QuantizeLinear"] == 3 and ops["DequantizeLinear"] == 5
     inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     assert not [n for n, a in inits.items() if a.dtype == np.float32 and a.ndim == 2], "a float weight matrix is left in the file"
+    acts = [qmodel.net.activation_post_process_0, qmodel.net.activation_post_process_1, qmodel.net.activation_post_process_2]
+    for node, fq in zip([n for n in g.node if n.op_type == "QuantizeLinear"], acts, strict=True):  # input, hidden, logits in order
+        scale, zp = _fq(fq)
+        np.testing.assert_array_equal(inits[node.input[1]], scale.astype(np.float32))
+        assert inits[node.input[2]].dtype == np.uint8 and (inits[node.input[2]].astype(np.int32) == zp).all()
     by_input = {n.input[0]: n for n in g.node if n.op_type == "DequantizeLinear"}
     for name, (lin, w_fq) in zip(("features.0", "head"), _weights(qmodel), strict=True):
         dq = by_input[f"net.{name}.weight.int8"]
