@@ -124,11 +124,21 @@ def train_scratch(prep: Prepared, p: Params, seed: int, ckpt: Path | None = None
     return model, res
 
 
+def distill_batches(prep: Prepared, teacher: nn.Module, targets: SoftTargets | None, p: Params, seed: int,
+                    tap: FeatureTap | None = None, layer: str = "features") -> BatchFn:
+    """The distillation batches: from the cached soft targets, or from `teacher` run online."""
+    x, y = prep.distill_inputs(), prep.distill_labels()
+    if targets is not None:
+        return cached_batches(x, y, targets, p.soft_targets.augment.noise_std, seed)
+    vp = augment.view_params(len(x), p.soft_targets.views, p.soft_targets.augment, p.seed)
+    return online_batches(x, y, teacher, tap, layer, vp, p.soft_targets.views, p.soft_targets.augment.noise_std, seed)
+
+
 def distill_one(prep: Prepared, spec: ModelSpec, teacher: nn.Module, targets: SoftTargets | None, p: Params,
                 seed: int, ckpt: Path | None, feature_model: nn.Module | None = None, rt: Runtime | None = None) -> tuple[nn.Module, dict]:
     """Distil one model of `spec` from `teacher` (online) or from `targets` (cached)."""
     d = p.distill
-    x, y = prep.distill_inputs(), prep.distill_labels()
+    x = prep.distill_inputs()
     torch.manual_seed(seed)
     student = models.build(spec, prep.input_shape, prep.n_classes)
     feature_model = feature_model or getattr(teacher, "feature_model", teacher)
@@ -143,11 +153,7 @@ def distill_one(prep: Prepared, spec: ModelSpec, teacher: nn.Module, targets: So
             student.eval(), student(probe), teacher(probe)
         shapes = tuple(s_tap.features[s_layer].shape[1:]), tuple(t_tap.features[t_layer].shape[1:])
     loss = losses.build(d, shapes, n_rows=len(x))
-    if targets is not None:
-        batches = cached_batches(x, y, targets, p.soft_targets.augment.noise_std, seed)
-    else:
-        vp = augment.view_params(len(x), p.soft_targets.views, p.soft_targets.augment, p.seed)
-        batches = online_batches(x, y, teacher, t_tap, t_layer, vp, p.soft_targets.views, p.soft_targets.augment.noise_std, seed)
+    batches = distill_batches(prep, teacher, targets, p, seed, t_tap, t_layer)
 
     def loss_fn(model: nn.Module, batch: dict):
         ctx = {"student_logits": model(batch["x"]), "teacher_logp": batch["t"], "y": batch["y"], "idx": batch["idx"]}
@@ -165,6 +171,24 @@ def distill_one(prep: Prepared, spec: ModelSpec, teacher: nn.Module, targets: So
                      "history": res.history, "source": "cache" if targets is not None else "online"}
 
 
+def distill_qat(prep: Prepared, student: nn.Module, teacher: nn.Module, targets: SoftTargets | None, p: Params, seed: int,
+                ckpt: Path | None, rt: Runtime | None = None, on_epoch_end=None) -> tuple[nn.Module, dict]:
+    """Quantization-aware distillation (`kd.qat`): fine-tune the distilled `student` with fake int8 quantization
+    under the very loss and batches that distilled it (`student.qat`). Returns the fake-quantized student."""
+    from kd import qat
+
+    x = prep.distill_inputs()
+    loss = losses.build(p.distill, None, n_rows=len(x))
+
+    def loss_fn(model: nn.Module, batch: dict):
+        return loss({"student_logits": model(batch["x"]), "teacher_logp": batch["t"], "y": batch["y"], "idx": batch["idx"]})
+
+    model, res = qat.finetune(student, len(x), distill_batches(prep, teacher, targets, p, seed), loss_fn, (prep.x["val"], prep.y["val"]),
+                              p.student.train, p.student.qat, seed, ckpt, rt, on_epoch_end)
+    return model, {"val_accuracy": res.best_val_accuracy, "best_epoch": res.best_epoch, "epochs": res.epochs_run,
+                   "resumed_from_epoch": res.resumed_from, "history": res.history}
+
+
 def distill(prep: Prepared, teacher_dir: Path, cache_dir: Path, p: Params, out_dir: Path, ckpt_dir: Path | None = None) -> dict:
     """Train the student (through any assistants) and the scratch baseline; write both to `out_dir` (rank 0
     of a distributed run writes; every rank trains)."""
@@ -179,12 +203,21 @@ def distill(prep: Prepared, teacher_dir: Path, cache_dir: Path, p: Params, out_d
     determines = {"data": prep.meta.get("data_hash", ""), "teacher": tsum["teacher_hash"], "student": p.student.model_dump(),
                   "distill": p.distill.model_dump(), "soft_targets": p.soft_targets.model_dump(), "seed": p.seed,
                   "teacher_spec": p.teacher.model.model_dump() if p.student.same_as_teacher else None}
-    current, feature_model, stages = teacher, teacher.feature_model, []
+    current, feature_model, stages, done = teacher, teacher.feature_model, [], []
     for i, spec in enumerate(chain):
         ckpt = checkpoint_path(ckpt_dir, f"distill-{i}", **determines)
+        student_teacher = current
         student, info = distill_one(prep, spec, current, targets if i == 0 else None, p, p.seed + i, ckpt, feature_model, rt)
         stages.append({"arch": spec.arch, "width": spec.width, "depth": spec.depth, **info})
         current, feature_model = LogProbs(student).eval(), student
+        done.append(ckpt)
+    qat_model, qat_info = None, None
+    if p.student.qat.enabled:  # the fine-tune resumes from its own checkpoint; the student's is kept until it ends
+        qat_ckpt = checkpoint_path(ckpt_dir, "distill-qat", **determines)
+        i = len(chain) - 1
+        qat_model, qat_info = distill_qat(prep, student, student_teacher, targets if i == 0 else None, p, p.seed + i, qat_ckpt, rt)
+        done.append(qat_ckpt)
+    for ckpt in done:
         if ckpt is not None and rt.main:
             ckpt.unlink(missing_ok=True)
     spec = p.student_spec()
@@ -192,6 +225,11 @@ def distill(prep: Prepared, teacher_dir: Path, cache_dir: Path, p: Params, out_d
         for sub in ("student", "scratch"):
             (out_dir / sub).mkdir(parents=True, exist_ok=True)
         models.save(student, spec, prep.input_shape, prep.classes, out_dir / "student" / "model.pt")
+        (out_dir / "student" / "qat.pt").unlink(missing_ok=True)
+        if qat_model is not None:
+            from kd import qat
+
+            qat.save(qat_model, spec, prep.classes, out_dir / "student" / "qat.pt")
 
     ckpt = checkpoint_path(ckpt_dir, "scratch", data=prep.meta.get("data_hash", ""), spec=spec.model_dump(),
                            train=p.student.train.model_dump(), soft_targets=p.soft_targets.model_dump(), seed=p.seed,
@@ -210,5 +248,7 @@ def distill(prep: Prepared, teacher_dir: Path, cache_dir: Path, p: Params, out_d
         "losses": p.distill.losses,
         "processes": rt.world,
     }
+    if qat_info is not None:
+        summary["qat"] = {k: v for k, v in qat_info.items() if k != "history"} | {"loss": list(p.distill.losses)}
     (out_dir / "distill.json").write_text(json.dumps(summary, indent=2))
     return summary

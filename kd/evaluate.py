@@ -95,15 +95,20 @@ def evaluate(prep: Prepared, raw_train: pd.DataFrame, train_index: np.ndarray, r
     ref_probs = softmax(batched(torch_predict(student), prep.x["train"][train_index[sample]]).astype(np.float64))
     reference = raw_train.iloc[sample].reset_index(drop=True).assign(
         __prediction=[prep.classes[i] for i in ref_probs.argmax(1)], __confidence=ref_probs.max(1))
+    qat_ckpt = models_dir / "student" / "qat.pt"  # written by the distill stage when student.qat is enabled
+    qat_ckpt = qat_ckpt if qat_ckpt.exists() else None
     write_student_bundle(export_dir, models_dir / "student" / "model.pt", prep, e.onnx, reference,
-                         {"calibration": {"temperature": temperature, "fit_on": "validation split"}})
+                         {"calibration": {"temperature": temperature, "fit_on": "validation split"}}, qat_ckpt)
     candidates: dict[str, tuple[Predict, int, int]] = {
         "teacher": (torch_predict(teacher), models.param_count(teacher), _teacher_bytes(teacher)),
         "student": (torch_predict(student), models.param_count(student), models.serialized_bytes(student)),
         "scratch": (torch_predict(scratch), models.param_count(scratch), models.serialized_bytes(scratch)),
     }
     if e.onnx:
-        for name, file in (("student_onnx", "student.onnx"), ("student_onnx_int8", "student_int8.onnx")):
+        onnx_files = [("student_onnx", "student.onnx"), ("student_onnx_int8", "student_int8.onnx")]
+        if qat_ckpt is not None:  # student_onnx_int8 is the served (quantization-aware) int8; this one the post-training int8
+            onnx_files.append(("student_onnx_int8_ptq", "student_int8_ptq.onnx"))
+        for name, file in onnx_files:
             m = OnnxModel(export_dir / file, threads=p.threads)
             candidates[name] = (m, models.param_count(student), m.size_bytes)
     logits = {name: batched(fn, x) for name, (fn, _, _) in candidates.items()}
@@ -116,6 +121,8 @@ def evaluate(prep: Prepared, raw_train: pd.DataFrame, train_index: np.ndarray, r
         metrics[name] = m
     if e.onnx:
         metrics["student_edge"] = edge_metrics(export_dir / "edge.onnx", raw_test, y, logits["student_onnx_int8"], prep.classes, p)
+    if e.onnx:
+        metrics["quantization"] = quantization_summary(metrics, qat_ckpt is not None)
     s, t = metrics["student"], metrics["teacher"]
     metrics["summary"] = {
         "retention": s["accuracy"] / max(t["accuracy"], 1e-12),
@@ -139,6 +146,17 @@ def evaluate(prep: Prepared, raw_train: pd.DataFrame, train_index: np.ndarray, r
         student_test_logits=logits["student"], student_val_logits=val_logits,
     )
     return metrics
+
+
+def quantization_summary(metrics: dict, qat: bool) -> dict:
+    """fp32, post-training int8 and quantization-aware int8 test accuracy side by side, and their deltas to fp32."""
+    fp32 = metrics["student"]["accuracy"]
+    ptq = metrics["student_onnx_int8_ptq" if qat else "student_onnx_int8"]["accuracy"]
+    out = {"served_int8": "qat" if qat else "ptq", "fp32_accuracy": fp32, "ptq_int8_accuracy": ptq, "ptq_minus_fp32": ptq - fp32}
+    if qat:
+        q = metrics["student_onnx_int8"]["accuracy"]
+        out |= {"qat_int8_accuracy": q, "qat_minus_fp32": q - fp32}
+    return out
 
 
 def _teacher_bytes(teacher) -> int:

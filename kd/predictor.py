@@ -5,7 +5,8 @@ probabilities out. Preprocessing, class names and the model travel together in a
                         its kind and allowed categories), sensitive columns, the fitted preprocessing
     model.pt            student weights (kd.models checkpoint, loaded with weights_only=True), or
     member-<i>.pt/.onnx teacher members (kd.teacher layout)
-    student.onnx, student_int8.onnx, edge.onnx   the student's ONNX graphs (edge: preprocessing inside)
+    student.onnx, student_int8.onnx, edge.onnx   the student's ONNX graphs (edge: preprocessing inside; int8: the
+                        quantization-aware graph with student.qat, then student_int8_ptq.onnx beside it)
     reference.parquet   the training reference for monitoring: raw rows, true labels, student predictions
 
 A bundle is what the registry stores (an MLflow pyfunc model whose loader is this module: no pickle, so

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kd.config.base import ConfigError, Section
 from kd.config.checks import (
@@ -33,11 +33,13 @@ from kd.config.runtime import DistributedParams
 from kd.config.serve import ServeParams
 from kd.config.train import (
     LOSS_NAMES,
+    QAT_ARCHS,
     AugmentParams,
     DistillParams,
     EnsembleMember,
     EvaluateParams,
     ModelSpec,
+    QatParams,
     SoftTargetParams,
     StudentParams,
     TeacherParams,
@@ -62,6 +64,7 @@ __all__ = [
     "ModelSpec",
     "Params",
     "PathsParams",
+    "QatParams",
     "RegistryParams",
     "Section",
     "ServeParams",
@@ -133,6 +136,21 @@ class Params(Section):
     paths: PathsParams = Field(default_factory=PathsParams, exclude=True)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True, use_attribute_docstrings=True)
+
+    @model_validator(mode="after")
+    def _qat_fits(self) -> Params:
+        """Quantization-aware distillation needs a student whose fake-quantized graph exports (kd.qat) and a
+        loss computed from the student's outputs alone (feature losses hook modules that QAT replaces)."""
+        if not self.student.qat.enabled:
+            return self
+        arch = self.student_spec().arch
+        if arch not in QAT_ARCHS:
+            raise ValueError(f"student.qat.enabled: supported for {', '.join(QAT_ARCHS)} students, not {arch!r} "
+                             "(int8 ONNX export of conv students needs BatchNorm folding, not done)")
+        features = [n for n in self.distill.losses if n in ("hint", "at", "rkd", "pkt", "crd")]
+        if features:
+            raise ValueError(f"student.qat.enabled: works with the output losses (ce, kd, dkd, dist), not {features}")
+        return self
 
     def student_spec(self) -> ModelSpec:
         return self.teacher.model if self.student.same_as_teacher else self.student.model

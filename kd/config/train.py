@@ -157,6 +157,31 @@ class DistillParams(Section):
         return v
 
 
+class QatParams(Section):
+    """Quantization-aware distillation (`kd.qat`): after distillation, the student is fine-tuned with fake
+    quantization (torch.ao.quantization QAT, Jacob et al. 2018) under the same distillation loss and
+    exported as int8 ONNX with QuantizeLinear/DequantizeLinear nodes carrying the learned scales."""
+
+    enabled: bool = False
+    """fine-tune the distilled student with fake int8 quantization; its int8 ONNX becomes the served int8 model"""
+    epochs: int = Field(20, ge=1)
+    """epochs of the quantization-aware fine-tune that follows distillation (same loss, same cached targets)"""
+    lr: float = Field(3e-4, gt=0)
+    """peak learning rate of the fine-tune (cosine decay to zero; optimizer and batch size from student.train)"""
+    freeze_observers_after: int = Field(10, ge=0)
+    """fine-tune epoch after which the quantization ranges stop moving (the scales freeze); 0 never freezes"""
+
+    @model_validator(mode="after")
+    def _freeze_within(self) -> QatParams:
+        if self.freeze_observers_after > self.epochs:
+            raise ValueError(f"freeze_observers_after ({self.freeze_observers_after}) must be at most epochs ({self.epochs}); "
+                             "0 never freezes the observers")
+        return self
+
+
+QAT_ARCHS = ("mlp",)  # students whose fake-quantized graph exports to int8 ONNX (kd.qat); conv students: BatchNorm folding not done
+
+
 class StudentParams(Section):
     # 'same_as_teacher' turns this into self-distillation (born-again networks, Furlanello et al. 2018).
     model: ModelSpec = Field(default_factory=lambda: ModelSpec(arch="mlp", width=32, depth=1))
@@ -165,6 +190,8 @@ class StudentParams(Section):
     """self-distillation: the student copies teacher.model (born-again networks)"""
     train: TrainParams = Field(default_factory=lambda: TrainParams(epochs=30))
     """training settings of the student and of the scratch baseline"""
+    qat: QatParams = Field(default_factory=QatParams)
+    """quantization-aware distillation of the student (off by default: int8 by post-training quantization)"""
 
 
 class EvaluateParams(Section):

@@ -27,6 +27,10 @@ def test_repository_params_yaml_is_valid():
         ("teacher:\n  model: {arch: transformer}\n", r"unknown architecture 'transformer'"),
         ("- a\n- b\n", r"expected a mapping"),
         ("data: [unclosed\n", r"not valid YAML"),
+        ("student:\n  qat: {enabled: true, epochs: 5, freeze_observers_after: 8}\n", r"student.qat: .*freeze_observers_after \(8\) must be at most epochs \(5\)"),
+        ("student:\n  qat: {enabled: true}\n  model: {arch: cnn2d}\n", r"student.qat.enabled: supported for mlp students, not 'cnn2d'"),
+        ("student:\n  qat: {enabled: true}\ndistill:\n  losses: {kd: 1, rkd: 1}\n", r"student.qat.enabled: works with the output losses .*'rkd'"),
+        ("student:\n  qat: {enabled: yes please}\n", r"student.qat.enabled: .*boolean"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, yaml_text, expected):
