@@ -18,7 +18,7 @@ from kd.models import load
 
 def write_student_bundle(out: Path, checkpoint: Path, prep, export_onnx: bool, reference: pd.DataFrame, extra: dict) -> Path:
     """The deployable student (`kd.predictor` layout): predictor.json, model.pt, and with ONNX export the
-    fp32 and int8 graphs plus the edge graph (preprocessing inside, from the int8 student)."""
+    fp32 and int8 graphs plus the edge graph (preprocessing inside, from the int8 student; not for text)."""
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(checkpoint, out / "model.pt")
     backend = "torch"
@@ -26,7 +26,8 @@ def write_student_bundle(out: Path, checkpoint: Path, prep, export_onnx: bool, r
         student, _ = load(checkpoint)
         onnx_path = to_onnx(student, prep.x["test"].shape[1], out / "student.onnx")
         int8 = quantize_int8(onnx_path, out / "student_int8.onnx")
-        build_edge_model(prep.preprocessor, int8, out / "edge.onnx")
+        if not prep.preprocessor.text:  # the edge graph preprocesses raw columns in ONNX; a tokenizer is not ONNX
+            build_edge_model(prep.preprocessor, int8, out / "edge.onnx")
         backend = "onnx_int8"
     reference.to_parquet(out / "reference.parquet", index=False)
     meta = describe(prep.preprocessor, prep.classes, prep.meta["label_column"], prep.meta["sensitive_columns"], "student",

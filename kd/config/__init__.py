@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kd.config.base import ConfigError, Section
 from kd.config.checks import (
@@ -33,6 +33,7 @@ from kd.config.runtime import DistributedParams
 from kd.config.serve import ServeParams
 from kd.config.train import (
     LOSS_NAMES,
+    TEXT_ARCHS,
     AugmentParams,
     DistillParams,
     EnsembleMember,
@@ -133,6 +134,20 @@ class Params(Section):
     paths: PathsParams = Field(default_factory=PathsParams, exclude=True)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True, use_attribute_docstrings=True)
+
+    @model_validator(mode="after")
+    def _text_models(self) -> Params:
+        """Text sources give token ids, which only the text architectures read (and they read nothing else)."""
+        specs = {"teacher.model": self.teacher.model, "student.model": self.student.model} | {
+            f"teacher.members.{i}": m for i, m in enumerate(self.teacher.members)} | {
+            f"distill.assistants.{i}": m for i, m in enumerate(self.distill.assistants)}
+        for where, spec in specs.items():
+            if where == "teacher.model" and self.teacher.mode == "ensemble" or ":" in spec.arch:
+                continue
+            if self.data.is_text != (spec.arch in TEXT_ARCHS):
+                need = f"one of {', '.join(TEXT_ARCHS)}" if self.data.is_text else "a tabular/image architecture (mlp, cnn1d, cnn2d, resnet)"
+                raise ValueError(f"{where}.arch {spec.arch!r} does not fit data.source {self.data.source!r}: it needs {need}")
+        return self
 
     def student_spec(self) -> ModelSpec:
         return self.teacher.model if self.student.same_as_teacher else self.student.model
