@@ -44,7 +44,7 @@ class _Layer(nn.Module):
 
     def __init__(self, hidden: int, heads: int, inner: int, eps: float):
         super().__init__()
-        self.heads = heads
+        self.heads, self.scale = heads, 1 / math.sqrt(hidden // heads)
         self.query, self.key, self.value = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
         self.attn_out, self.attn_norm = nn.Linear(hidden, hidden), nn.LayerNorm(hidden, eps=eps)
         self.inner, self.out, self.out_norm = nn.Linear(hidden, inner), nn.Linear(inner, hidden), nn.LayerNorm(hidden, eps=eps)
@@ -53,7 +53,7 @@ class _Layer(nn.Module):
         b, n, d = h.shape
         split = lambda t: t.view(b, n, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
         q, k, v = split(self.query(h)), split(self.key(h)), split(self.value(h))
-        att = (q @ k.transpose(-1, -2)) / math.sqrt(d // self.heads) + bias
+        att = (q @ k.transpose(-1, -2)) * self.scale + bias
         ctx = (att.softmax(-1) @ v).transpose(1, 2).reshape(b, n, d)
         h = self.attn_norm(h + self.attn_out(ctx))
         return self.out_norm(h + self.out(nn.functional.gelu(self.inner(h))))

@@ -9,7 +9,6 @@ from pydantic import Field, field_validator, model_validator
 
 from kd.config.base import Section
 
-
 TEXT_ARCHS = ("minilm", "minilm_layers", "embbag")  # read token ids (kd.transformer)
 
 
