@@ -162,3 +162,24 @@ def test_bundle_predicts_raw_text_and_onnx_int8_matches_torch(tmp_path, toy, arc
         labels, probs = Predictor(out, backend).predict(rows)
         agree = np.mean(np.array(labels) == np.array(torch_labels))
         assert agree >= (1.0 if backend == "onnx" else 0.9), (backend, agree)
+
+
+def test_distilbert_student_distils_online_with_kd_and_cosine(toy):
+    """minilm_layers under a minilm teacher through kd.distill: initialised from the teacher's layers, the
+    cosine term read from the hooked hidden states of both (pad tokens masked)."""
+    from kd.distill import distill_one
+    from kd.teacher import Teacher
+
+    _, p, prep = toy
+    p = p.model_copy(deep=True)
+    p.distill.losses = {"kd": 1.0, "cos": 1.0}
+    p.student.train.epochs, p.student.train.lr = 1, 1e-4
+    spec = ModelSpec(arch="minilm_layers", layers=2)
+    torch.manual_seed(0)
+    member = models.build(ModelSpec(arch="minilm", layers=2), prep.input_shape, prep.n_classes).eval()
+    teacher = Teacher([member]).eval()
+    student, info = distill_one(prep, spec, teacher, None, p, seed=0, ckpt=None)
+    epoch = info["history"][0]
+    assert info["source"] == "online" and set(epoch) >= {"kd", "cos"}
+    assert 0 < epoch["cos"] < 1  # started from the teacher's layer 0: states already close, never orthogonal
+    assert len(student.features.layers) == 1
