@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def main() -> None:
     L = 16 if args.quick else args.max_length
     data = DATA
     if args.quick:
-        data = Path(os.environ.get("TMPDIR", "/tmp")) / "kd-text-quick.csv"
+        data = Path(tempfile.gettempdir()) / "kd-text-quick.csv"
         pd.read_csv(DATA).head(300).to_csv(data, index=False)
     p = parse_params({"data": {"source": f"text:{data}", "max_length": L},
                       "teacher": {"model": {"arch": "minilm", "tune_layers": 0}}, "student": {"model": {"arch": "embbag"}}})
@@ -272,7 +273,7 @@ def main() -> None:
     print(f"minilm_layers: test {small_acc:.4f} ({time.time() - t0:.0f} s)", flush=True)
 
     # ---------------------------------------------------------------- ONNX int8 and latency, side by side
-    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / "kd-text-bench"
+    tmp = Path(tempfile.gettempdir()) / "kd-text-bench"
     tmp.mkdir(parents=True, exist_ok=True)
     onnx = {}
     for name, m in (("embbag", bag_models["student"]), ("minilm_layers", small)):
