@@ -147,6 +147,11 @@ class Params(Section):
             if self.data.is_text != (spec.arch in TEXT_ARCHS):
                 need = f"one of {', '.join(TEXT_ARCHS)}" if self.data.is_text else "a tabular/image architecture (mlp, cnn1d, cnn2d, resnet)"
                 raise ValueError(f"{where}.arch {spec.arch!r} does not fit data.source {self.data.source!r}: it needs {need}")
+        student = self.student_spec()
+        if student.arch == "minilm_layers" and not self.distill.assistants and self.teacher.mode == "train" and (
+                self.teacher.model.arch != "minilm" or self.teacher.model.layers != student.layers):
+            raise ValueError("student.model.arch 'minilm_layers' copies every other layer of its teacher: teacher.model needs "
+                             f"arch 'minilm' with the same layers ({student.layers}), not {self.teacher.model.arch!r} with {self.teacher.model.layers}")
         return self
 
     def student_spec(self) -> ModelSpec:

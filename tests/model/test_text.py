@@ -58,6 +58,8 @@ def test_text_source_reads_the_text_column_and_refuses_bad_input(tmp_path, toy):
         parse_params({"data": {"source": "text:reviews.txt"}})
     with pytest.raises(ConfigError, match="student.model.arch 'mlp' does not fit"):
         parse_params({"data": {"source": f"text:{path}"}, "teacher": {"model": {"arch": "minilm"}}})
+    with pytest.raises(ConfigError, match="'minilm_layers' copies every other layer"):
+        parse_params({"data": {"source": f"text:{path}"}, "teacher": {"model": {"arch": "embbag"}}, "student": {"model": {"arch": "minilm_layers"}}})
     other = tmp_path / "other.csv"
     toy_reviews(20).rename(columns={"text": "review"}).to_csv(other, index=False)
     with pytest.raises(DataError, match="missing text column 'text'.*data.text_column"):
