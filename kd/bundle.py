@@ -19,9 +19,9 @@ from kd.models import load
 def write_student_bundle(out: Path, checkpoint: Path, prep, export_onnx: bool, reference: pd.DataFrame, extra: dict,
                          qat_checkpoint: Path | None = None) -> Path:
     """The deployable student (`kd.predictor` layout): predictor.json, model.pt, and with ONNX export the
-    fp32 and int8 graphs plus the edge graph (preprocessing inside, from the int8 student). The int8 graph is
-    the post-training quantized fp32 graph, or with a quantization-aware student (`qat_checkpoint`, `kd.qat`)
-    that student's QDQ graph; the post-training one is then kept beside it as student_int8_ptq.onnx."""
+    fp32 and int8 graphs plus the edge graph (preprocessing inside, from the int8 student; not for text). The
+    int8 graph is the post-training quantized fp32 graph, or with a quantization-aware student (`qat_checkpoint`,
+    `kd.qat`) that student's QDQ graph; the post-training one is then kept beside it as student_int8_ptq.onnx."""
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(checkpoint, out / "model.pt")
     backend = "torch"
@@ -36,7 +36,8 @@ def write_student_bundle(out: Path, checkpoint: Path, prep, export_onnx: bool, r
 
             quantize_int8(onnx_path, out / "student_int8_ptq.onnx")
             int8, int8_kind = qat.to_onnx(qat.load(qat_checkpoint)[0], out / "student_int8.onnx"), "qat"
-        build_edge_model(prep.preprocessor, int8, out / "edge.onnx")
+        if not prep.preprocessor.text:  # the edge graph preprocesses raw columns in ONNX; a tokenizer is not ONNX
+            build_edge_model(prep.preprocessor, int8, out / "edge.onnx")
         backend = "onnx_int8"
     reference.to_parquet(out / "reference.parquet", index=False)
     meta = describe(prep.preprocessor, prep.classes, prep.meta["label_column"], prep.meta["sensitive_columns"], "student",

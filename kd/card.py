@@ -14,7 +14,7 @@ FORMAT = 1
 @dataclass
 class Feature:
     name: str
-    kind: str  # "number" | "category"
+    kind: str  # "number" | "category" | "text"
     categories: list[str] | None = None
 
     def to_dict(self) -> dict:
@@ -24,6 +24,8 @@ class Feature:
 def describe(pre, classes: list[str], label: str, sensitive: list[str], kind: str, extra: dict | None = None) -> dict:
     """The predictor.json of a bundle for a fitted `kd.data.Preprocessor`."""
     features = [Feature(c, "number") for c in pre.numeric] + [Feature(c, "category", list(v)) for c, v in pre.categories.items()]
+    if pre.text:
+        features = [Feature(pre.text["column"], "text")]
     return {"format": FORMAT, "kind": kind, "classes": list(classes), "label_column": label, "sensitive": list(sensitive),
             "features": [f.to_dict() for f in features], "preprocessor": pre.__dict__} | (extra or {})
 

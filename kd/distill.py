@@ -23,6 +23,7 @@ from kd.distributed import Runtime, runtime
 from kd.hooks import FeatureTap
 from kd.soft_targets import SoftTargets, cache_key
 from kd.teacher import load_teacher
+from kd.text import PAD_ID
 from kd.training import BatchFn, FitResult, checkpoint_path, cross_entropy_loss, fit
 
 
@@ -142,6 +143,8 @@ def distill_one(prep: Prepared, spec: ModelSpec, teacher: nn.Module, targets: So
     torch.manual_seed(seed)
     student = models.build(spec, prep.input_shape, prep.n_classes)
     feature_model = feature_model or getattr(teacher, "feature_model", teacher)
+    if spec.arch == "minilm_layers":  # DistilBERT: start from every other layer of the teacher
+        student.init_from_teacher(feature_model)
     s_layer, t_layer = d.hint_layer_student or "features", d.hint_layer_teacher or "features"
     needs_features = any(name in losses.FEATURE_LOSSES for name in d.losses)
     s_tap = t_tap = None
@@ -159,6 +162,8 @@ def distill_one(prep: Prepared, spec: ModelSpec, teacher: nn.Module, targets: So
         ctx = {"student_logits": model(batch["x"]), "teacher_logp": batch["t"], "y": batch["y"], "idx": batch["idx"]}
         if s_tap is not None:
             ctx["student_feat"], ctx["teacher_feat"] = s_tap.features[s_layer], batch["t_feat"]
+            if not batch["x"].is_floating_point():  # token ids: the real tokens, for per-token feature losses
+                ctx["mask"] = batch["x"] != PAD_ID
         return loss(ctx)
 
     res = fit(student, len(x), batches, loss_fn, (prep.x["val"], prep.y["val"]), p.student.train, seed, ckpt,

@@ -48,7 +48,7 @@ def speed(fn: Predict, x: np.ndarray, e: EvaluateParams) -> dict:
         t0 = time.perf_counter()
         fn(row)
         times.append((time.perf_counter() - t0) * 1e3)
-    big = np.resize(x, (e.throughput_batch, x.shape[1])).astype(np.float32)
+    big = np.resize(x, (e.throughput_batch, x.shape[1])).astype(x.dtype if x.dtype == np.int64 else np.float32)
     fn(big)
     reps, t0 = 0, time.perf_counter()
     while reps < 5 or time.perf_counter() - t0 < 0.3:
@@ -66,7 +66,7 @@ def torch_predict(model: torch.nn.Module) -> Predict:
 
     def fn(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+            return model(torch.from_numpy(np.ascontiguousarray(x, dtype=x.dtype if x.dtype == np.int64 else np.float32))).numpy()
 
     return fn
 
@@ -119,7 +119,7 @@ def evaluate(prep: Prepared, raw_train: pd.DataFrame, train_index: np.ndarray, r
         m["agreement_with_teacher"] = float((logits[name].argmax(1) == teacher_pred).mean())
         m |= {"params": n_params, "size_bytes": n_bytes} | speed(fn, x, e)
         metrics[name] = m
-    if e.onnx:
+    if e.onnx and (export_dir / "edge.onnx").exists():  # no edge graph for text
         metrics["student_edge"] = edge_metrics(export_dir / "edge.onnx", raw_test, y, logits["student_onnx_int8"], prep.classes, p)
     if e.onnx:
         metrics["quantization"] = quantization_summary(metrics, qat_ckpt is not None)

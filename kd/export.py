@@ -12,11 +12,14 @@ from torch import nn
 
 
 def to_onnx(model: nn.Module, n_features: int, path: Path) -> Path:
-    """TorchScript-based exporter (dynamo=False): its graph quantizes cleanly; the batch axis stays dynamic."""
+    """TorchScript-based exporter (dynamo=False): its graph quantizes cleanly; the batch axis stays dynamic.
+    Text models (`input_dtype` int64) take token ids: the example input is a row of [CLS]-like ids, no padding."""
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
+    dtype = getattr(model, "input_dtype", torch.float32)
+    example = torch.zeros(2, n_features) if dtype == torch.float32 else torch.full((2, n_features), 101, dtype=dtype)
     torch.onnx.export(
-        model, (torch.zeros(2, n_features),), str(path), input_names=["x"], output_names=["logits"],
+        model, (example,), str(path), input_names=["x"], output_names=["logits"],
         dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False, opset_version=17,
     )
     return path
@@ -48,9 +51,10 @@ class OnnxModel:
     def __init__(self, path: Path, threads: int = 0):
         self.path = Path(path)
         self.session = cpu_session(path, threads)
+        self.dtype = np.int64 if self.session.get_inputs()[0].type == "tensor(int64)" else np.float32  # token ids or features
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return self.session.run(None, {"x": np.ascontiguousarray(x, dtype=self.dtype)})[0]
 
     @property
     def size_bytes(self) -> int:

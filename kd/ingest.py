@@ -60,9 +60,9 @@ class _Sample:
 def ingest(src: Source, p: Params, out: Path, validation: Path) -> dict:
     """Validate the source exactly (pass 1) and write the prepared set to `out` (pass 2)."""
     t0 = time.perf_counter()
-    numeric = [c for c in src.features if c not in p.data.categorical_columns]
+    numeric = [] if p.data.is_text else [c for c in src.features if c not in p.data.categorical_columns]
     prof = Profile(src.features, numeric, src.label, list(src.sensitive), src.input_shape)
-    stats = FitStats(numeric, [c for c in p.data.categorical_columns if c in src.features], src.label)
+    stats = FitStats(numeric, [] if p.data.is_text else [c for c in p.data.categorical_columns if c in src.features], src.label)
     unusable: DataError | None = None
     for split, rows in _split_chunks(src, p):
         prof.update(split, rows)
@@ -85,13 +85,13 @@ def ingest(src: Source, p: Params, out: Path, validation: Path) -> dict:
     (out / "raw").mkdir(exist_ok=True)
     sizes = {s: st.rows for s, st in prof.splits.items()}
     width = len(pre.feature_names)
-    arrays = {f"x_{s}": _open(out, f"x_{s}", (sizes.get(s, 0), width), np.float32) for s in SPLITS}
+    arrays = {f"x_{s}": _open(out, f"x_{s}", (sizes.get(s, 0), width), pre.dtype) for s in SPLITS}
     arrays |= {f"y_{s}": _open(out, f"y_{s}", (sizes.get(s, 0),), np.int64) for s in SPLITS}
     for s in SPLITS:
         for attr, counts in prof.splits[s].groups.items() if s in prof.splits else []:
             arrays[f"g_{s}__{attr}"] = _open(out, f"g_{s}__{attr}", (sizes[s],), f"<U{max([len(g) for g in counts] + [1])}")
     if sizes.get("transfer"):
-        arrays["x_transfer"] = _open(out, "x_transfer", (sizes["transfer"], width), np.float32)
+        arrays["x_transfer"] = _open(out, "x_transfer", (sizes["transfer"], width), pre.dtype)
     offset = dict.fromkeys(sizes, 0)
     writers: dict[str, object] = {}
     sample = _Sample(RAW_TRAIN_ROWS, p.seed)

@@ -1,6 +1,8 @@
-"""Architectures by name (`mlp`, `cnn1d`, `cnn2d`, `resnet`) or a user factory `package.module:factory`.
+"""Architectures by name (`mlp`, `cnn1d`, `cnn2d`, `resnet`; for text `minilm`, `minilm_layers`, `embbag` in
+`kd.transformer`) or a user factory `package.module:factory`.
 
-Every model takes flat float inputs `(batch, n_features)` and reshapes internally, so data, cache, ONNX
+Every model takes flat inputs `(batch, n_features)` (float; int64 token ids for text models, which say so
+with `input_dtype`) and reshapes internally, so data, cache, ONNX
 export and serving share one input format. Each built-in exposes a `features` submodule (the
 penultimate representation) and a `head`; feature losses hook `features` by default.
 """
@@ -15,6 +17,7 @@ import torch
 from torch import nn
 
 from kd.config import ModelSpec
+from kd.config.train import TEXT_ARCHS
 
 
 class _Net(nn.Module):
@@ -98,6 +101,10 @@ ARCHITECTURES = {"mlp": mlp, "cnn1d": cnn1d, "cnn2d": cnn2d, "resnet": resnet}
 def build(spec: ModelSpec, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     """Build `spec` for inputs of `input_shape`; user factories get the same keyword arguments."""
     kwargs = dict(width=spec.width, depth=spec.depth, dropout=spec.dropout)
+    if spec.arch in TEXT_ARCHS:  # token-id models (kd.transformer), imported only when used
+        from kd.transformer import TEXT_ARCHITECTURES
+
+        return TEXT_ARCHITECTURES[spec.arch](tuple(input_shape), n_classes, **kwargs, layers=spec.layers, tune_layers=spec.tune_layers)
     if spec.arch in ARCHITECTURES:
         return ARCHITECTURES[spec.arch](tuple(input_shape), n_classes, **kwargs)
     module_name, _, attr = spec.arch.partition(":")

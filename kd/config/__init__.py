@@ -32,8 +32,11 @@ from kd.config.monitor import MonitorParams
 from kd.config.runtime import DistributedParams
 from kd.config.serve import ServeParams
 from kd.config.train import (
+    FEATURE_LOSSES,
     LOSS_NAMES,
+    OUTPUT_LOSSES,
     QAT_ARCHS,
+    TEXT_ARCHS,
     AugmentParams,
     DistillParams,
     EnsembleMember,
@@ -147,9 +150,28 @@ class Params(Section):
         if arch not in QAT_ARCHS:
             raise ValueError(f"student.qat.enabled: supported for {', '.join(QAT_ARCHS)} students, not {arch!r} "
                              "(int8 ONNX export of conv students needs BatchNorm folding, not done)")
-        features = [n for n in self.distill.losses if n in ("hint", "at", "rkd", "pkt", "crd")]
+        features = [n for n in self.distill.losses if n in FEATURE_LOSSES]
         if features:
-            raise ValueError(f"student.qat.enabled: works with the output losses (ce, kd, dkd, dist), not {features}")
+            raise ValueError(f"student.qat.enabled: works with the output losses ({', '.join(OUTPUT_LOSSES)}), not {features}")
+        return self
+
+    @model_validator(mode="after")
+    def _text_models(self) -> Params:
+        """Text sources give token ids, which only the text architectures read (and they read nothing else)."""
+        specs = {"teacher.model": self.teacher.model, "student.model": self.student.model} | {
+            f"teacher.members.{i}": m for i, m in enumerate(self.teacher.members)} | {
+            f"distill.assistants.{i}": m for i, m in enumerate(self.distill.assistants)}
+        for where, spec in specs.items():
+            if where == "teacher.model" and self.teacher.mode == "ensemble" or ":" in spec.arch:
+                continue
+            if self.data.is_text != (spec.arch in TEXT_ARCHS):
+                need = f"one of {', '.join(TEXT_ARCHS)}" if self.data.is_text else "a tabular/image architecture (mlp, cnn1d, cnn2d, resnet)"
+                raise ValueError(f"{where}.arch {spec.arch!r} does not fit data.source {self.data.source!r}: it needs {need}")
+        student = self.student_spec()
+        if student.arch == "minilm_layers" and not self.distill.assistants and self.teacher.mode == "train" and (
+                self.teacher.model.arch != "minilm" or self.teacher.model.layers != student.layers):
+            raise ValueError("student.model.arch 'minilm_layers' copies every other layer of its teacher: teacher.model needs "
+                             f"arch 'minilm' with the same layers ({student.layers}), not {self.teacher.model.arch!r} with {self.teacher.model.layers}")
         return self
 
     def student_spec(self) -> ModelSpec:

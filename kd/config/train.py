@@ -9,23 +9,29 @@ from pydantic import Field, field_validator, model_validator
 
 from kd.config.base import Section
 
+TEXT_ARCHS = ("minilm", "minilm_layers", "embbag")  # read token ids (kd.transformer)
+
 
 class ModelSpec(Section):
     """An architecture by registry name, or a user factory `package.module:factory`."""
 
     arch: str = "mlp"
-    """mlp | cnn1d | cnn2d | resnet | package.module:factory"""
+    """mlp | cnn1d | cnn2d | resnet | minilm | minilm_layers | embbag (text) | package.module:factory"""
     width: int = Field(64, ge=1)
     """hidden units (mlp) or channels (cnn, resnet)"""
     depth: int = Field(2, ge=1)
     """hidden layers, conv layers or residual blocks"""
     dropout: float = Field(0.0, ge=0, lt=1)
     """dropout before the classifier"""
+    layers: int = Field(0, ge=0)
+    """text transformers (minilm, minilm_layers): the pretrained encoder's bottom layers kept (0: all 6); minilm_layers takes every other one of them"""
+    tune_layers: int = Field(-1, ge=-1)
+    """text transformers: only the top k encoder layers (and the head) train; 0 freezes the encoder, -1 trains everything"""
 
     @field_validator("arch")
     @classmethod
     def _arch(cls, v: str) -> str:
-        known = ("mlp", "cnn1d", "cnn2d", "resnet")
+        known = ("mlp", "cnn1d", "cnn2d", "resnet", *TEXT_ARCHS)
         if v in known or ":" in v:
             return v
         raise ValueError(f"unknown architecture {v!r}; expected one of {', '.join(known)} or 'package.module:factory'")
@@ -102,14 +108,16 @@ class SoftTargetParams(Section):
     """rows per teacher forward pass while building"""
 
 
-LOSS_NAMES = ("ce", "kd", "dkd", "dist", "hint", "at", "rkd", "pkt", "crd")
+OUTPUT_LOSSES = ("ce", "kd", "dkd", "dist")  # computed from the student's outputs alone
+FEATURE_LOSSES = ("hint", "at", "rkd", "pkt", "crd", "cos")  # read teacher and student features (kd/hooks.py)
+LOSS_NAMES = OUTPUT_LOSSES + FEATURE_LOSSES
 
 
 class DistillParams(Section):
     # Weighted sum of named losses. 'kd'/'dkd'/'dist'/'ce' work from the cached targets; 'hint', 'at',
     # 'rkd', 'pkt', 'crd' read teacher features and need the teacher online.
     losses: dict[str, float] = Field(default_factory=lambda: {"kd": 1.0})
-    """weighted sum of named losses: ce, kd, dkd, dist (from the cache); hint, at, rkd, pkt, crd (teacher online)"""
+    """weighted sum of named losses: ce, kd, dkd, dist (from the cache); hint, at, rkd, pkt, crd, cos (teacher online)"""
     temperature: float = Field(4.0, gt=0)
     """softmax temperature T of kd and dkd (dist has its own: dist_temperature)"""
     # alpha mixes Hinton's soft loss with the hard-label CE: alpha*KD + (1-alpha)*CE.

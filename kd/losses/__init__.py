@@ -11,10 +11,11 @@
 | rkd  | Park et al. 2019 | yes (features) |
 | pkt  | Passalis & Tefas 2018 | yes (features) |
 | crd  | Tian et al. 2020 (CRD) | yes (features, plus the batch's row indices) |
+| cos  | Sanh et al. 2019 (DistilBERT hidden-state cosine) | yes (features; token inputs add `mask`) |
 
 Each term takes a context dict: `student_logits`, `teacher_logp` (teacher log-probabilities at T=1),
 `y` (-1 for unlabeled transfer rows), `idx` (the batch's row indices into the distillation inputs) and, for
-feature losses, `student_feat` / `teacher_feat`.
+feature losses, `student_feat` / `teacher_feat` (and `mask`, the non-pad tokens, for token-id inputs).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import torch
 from torch import nn
 
 from kd.config import LOSS_NAMES, DistillParams
+from kd.config.train import FEATURE_LOSSES as FEATURE_LOSSES  # one list, the config's (kd.distill reads it here)
 from kd.losses.attention import AttentionTransfer
+from kd.losses.cosine import HiddenCosine
 from kd.losses.crd import CRD
 from kd.losses.dist import DIST
 from kd.losses.dkd import DKD
@@ -33,8 +36,6 @@ from kd.losses.hint import Hint, HintRegressor
 from kd.losses.hinton import HardCE, HintonKD
 from kd.losses.pkt import PKT
 from kd.losses.rkd import RKD
-
-FEATURE_LOSSES = ("hint", "at", "rkd", "pkt", "crd")
 
 
 class Combined(nn.Module):
@@ -88,6 +89,11 @@ def build(p: DistillParams, feature_shapes: tuple[tuple, tuple] | None = None, n
                 raise ValueError("the 'crd' loss needs the student and teacher feature shapes and the number of distillation rows")
             s_dim, t_dim = (math.prod(shape) for shape in feature_shapes)
             terms[name] = CRD(s_dim, t_dim, n_rows, p.crd_feat_dim, p.crd_nce_k, p.crd_temperature, p.crd_momentum)
+        elif name == "cos":
+            if feature_shapes is not None and feature_shapes[0] != feature_shapes[1]:
+                raise ValueError(f"the 'cos' loss needs student and teacher features of one shape; the hooked layers give "
+                                 f"{feature_shapes[0]} and {feature_shapes[1]} (use minilm_layers under a minilm teacher, or other hook layers)")
+            terms[name] = HiddenCosine()
         else:
             raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(LOSS_NAMES)}")
     return Combined(terms, dict(p.losses))

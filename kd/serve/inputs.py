@@ -24,7 +24,8 @@ class Inputs:
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
         pre = predictor.pre
-        self.fast = predictor.backend != "edge"  # the edge graph reads raw columns: it always takes the checked path
+        # the edge graph reads raw columns and text needs its tokenizer: both always take the checked path
+        self.fast = predictor.backend != "edge" and not pre.text
         self.numeric = list(pre.numeric)
         self.mean = np.asarray(pre.mean, np.float64)
         self.std = np.asarray(pre.std, np.float64)
