@@ -51,7 +51,7 @@ class BlockBuffer:
     `load(lo, hi)` returns rows lo..hi as an array (its first axis the rows); it is called once per block
     touched, with a contiguous range, so a memory-mapped source is read sequentially. A source of at most
     `budget` bytes (`row_bytes` per row) is loaded whole on first use and kept; a larger one keeps at most
-    `budget` bytes of blocks, the oldest loaded evicted first (never one the current batch needs). `locate`
+    `4 * WINDOW_BLOCKS` blocks (within `budget`), the oldest loaded evicted first (never one the current batch needs). `locate`
     returns the array holding the rows and their positions in it, or None when a batch touches more blocks
     than the buffer holds (random access over a large source: read those rows directly).
     """
@@ -59,7 +59,8 @@ class BlockBuffer:
     def __init__(self, n: int, load: Callable[[int, int], np.ndarray], row_bytes: int, budget: int = BUDGET_BYTES):
         self.n, self.load = n, load
         self.resident = n * row_bytes <= budget
-        self.capacity = max(1, budget // (BLOCK_ROWS * row_bytes)) if not self.resident else 0
+        # two windows of blocks and two more: enough for the block-shuffled order, small enough to stay in cache
+        self.capacity = 0 if self.resident else min(4 * WINDOW_BLOCKS, max(1, budget // (BLOCK_ROWS * row_bytes)))
         self.all: np.ndarray | None = None
         self.buf: np.ndarray | None = None
         self.slot_of = np.full(-(-n // BLOCK_ROWS), -1, np.int64)
@@ -76,7 +77,7 @@ class BlockBuffer:
         blk = idx // BLOCK_ROWS
         slots = self.slot_of[blk]
         if (slots < 0).any():
-            needed = np.unique(blk)
+            needed = set(np.unique(blk).tolist())
             if len(needed) > self.capacity:
                 return None
             for b in np.unique(blk[slots < 0]).tolist():
@@ -84,8 +85,8 @@ class BlockBuffer:
             slots = self.slot_of[blk]
         return self.buf, slots * BLOCK_ROWS + (idx - blk * BLOCK_ROWS)
 
-    def _fill(self, b: int, needed: np.ndarray) -> None:
-        while self.block_in[self.next] >= 0 and np.isin(self.block_in[self.next], needed):
+    def _fill(self, b: int, needed: set[int]) -> None:
+        while int(self.block_in[self.next]) in needed:
             self.next = (self.next + 1) % self.capacity  # keep the blocks this batch reads
         s = self.next
         self.next = (s + 1) % self.capacity

@@ -271,7 +271,8 @@ class SoftTargets:
         slices of the shards (sequential I/O); top-k rows expanded as `logp` does."""
         s0, s1 = lo // self.shard_size, (hi - 1) // self.shard_size
         cut = [(s, max(lo - s * self.shard_size, 0), min(hi - s * self.shard_size, self.shard_size)) for s in range(s0, s1 + 1)]
-        vals = np.concatenate([self._logp[s][a:b] for s, a, b in cut]).astype(np.float32, copy=False)
+        vals = self._logp[s0][cut[0][1] : cut[0][2]] if len(cut) == 1 else np.concatenate([self._logp[s][a:b] for s, a, b in cut])
+        vals = vals.astype(np.float32)  # a copy: the read happens here, in order
         if not self.k:
             return vals
         inds = np.concatenate([self._idx[s][a:b] for s, a, b in cut])
@@ -316,4 +317,5 @@ class TargetReader:
         if found is None:
             return self.targets.logp(idx, 0 if view is None else view)
         buf, pos = found
-        return buf[pos, 0] if view is None else buf[pos, view]
+        flat = buf.reshape(-1, buf.shape[-1])  # (rows * views, C): a single-axis take is numpy's fast gather
+        return np.take(flat, pos if self.views == 1 else pos * self.views + (0 if view is None else view), axis=0)
