@@ -80,8 +80,7 @@ def kd_run(root: Path) -> dict:
                 if m:
                     stages[m.group(1)] = float(m.group(3))
     metrics = json.loads((root / "reports" / "evaluate" / "metrics.json").read_text())
-    return {"wall_seconds": wall, "stage_seconds": stages, "test_accuracy": {k: metrics[k]["accuracy"] for k in ("teacher", "student", "scratch")},
-            "console_tail": out.stdout.splitlines()[-40:]}
+    return {"wall_seconds": wall, "stage_seconds": stages, "test_accuracy": {k: metrics[k]["accuracy"] for k in ("teacher", "student", "scratch")}}
 
 
 def child_cpu() -> float:

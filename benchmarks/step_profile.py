@@ -58,7 +58,7 @@ def worker(quick: bool, threads: int) -> dict:
     n, epochs = (2000, 3) if quick else (20000, 5)
     tmp = Path(tempfile.mkdtemp(prefix="kd-step-profile-"))
     base, prep, teacher, targets = cache.setup(n, epochs, tmp)
-    out = {"kd": str(Path(kd.__file__).parent), "students": []}
+    out = {"students": []}
     for (arch, width, depth), batch in cache.STUDENTS:
         p = base.model_copy(deep=True)
         p.student.model = ModelSpec(arch=arch, width=width, depth=depth)
@@ -233,7 +233,8 @@ def main() -> None:
                               f"{row['cached_over_hard_wall']:.2f}" if regime == "cached" else ""])
     print(md_table(["code", "student", "regime", "epoch CPU s", *(f"{k} µs" for k in PHASES), "rest µs", "step µs (instrumented)",
                     "cached ÷ hard (CPU)", "cached ÷ hard (wall)"], table))
-    out = write_json("step_profile", {"command": "python benchmarks/step_profile.py " + " ".join(sys.argv[1:]),
+    argv = ["DIR" if a.before and Path(x).resolve() == a.before.resolve() else x for x in sys.argv[1:]]  # no machine path
+    out = write_json("step_profile", {"command": "python benchmarks/step_profile.py " + " ".join(argv),
                                       "loadavg_start_end": [load_start, os.getloadavg()], "threads": a.threads, "rounds": a.rounds,
                                       "before": a.before_label if a.before else None, "summary": summary, "runs": runs}, a.quick)
     print(f"wrote {out}", file=sys.stderr)
