@@ -134,4 +134,3 @@ def test_mixup_cross_entropy_weights_both_labels():
     assert loss.item() == pytest.approx(hand, rel=1e-6) and parts["ce"] == pytest.approx(hand, rel=1e-6)
     plain, _ = cross_entropy_loss(lambda x: x, {"x": S, "y": torch.tensor([0, -1])})  # unlabeled rows ignored
     assert plain.item() == pytest.approx(ce(rows[0], 0), rel=1e-6)
-
