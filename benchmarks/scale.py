@@ -58,8 +58,14 @@ def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def cold_read_rate(cache: Path, batches: int = 400, batch: int = 1024) -> float:
-    """Random batches from the cache after its shards were dropped from the page cache (posix_fadvise)."""
+def cold_read_rate(cache: Path, batch: int = 1024, pattern: str = "training") -> float:
+    """Samples/s reading the cache right after its shards were dropped from the page cache (posix_fadvise
+    DONTNEED after fsync), one epoch's worth of rows. `pattern="training"` reads as distillation does: the
+    epoch order of `kd.training.fit` (`kd.blocks.epoch_order`: block-shuffled beyond 65,536 rows) in batches
+    of `batch`, through the reader `kd.distill.cached_batches` uses (`SoftTargets.reader()`: whole blocks,
+    contiguous reads). `pattern="random"` is the former measure: sorted uniform random rows through
+    `SoftTargets.logp`, one 4 KiB page fault per row when cold."""
+    from kd.blocks import epoch_order
     from kd.soft_targets import SoftTargets
 
     for f in cache.glob("shard-*.npy"):
@@ -68,12 +74,20 @@ def cold_read_rate(cache: Path, batches: int = 400, batch: int = 1024) -> float:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(fd)
     st = SoftTargets(cache, verify=False)
-    rng = np.random.default_rng(0)
-    n = json.loads((cache / "manifest.json").read_text())["n"]
+    n = st.n
     t0 = time.perf_counter()
-    for _ in range(batches):
-        st.logp(np.sort(rng.integers(0, n, batch)), 0)
-    return batches * batch / (time.perf_counter() - t0)
+    if pattern == "training":
+        reader, order = st.reader(), epoch_order(n, 0, 0)
+        for i in range(0, n, batch):
+            reader.logp(order[i : i + batch])
+        rows = n
+    else:
+        rng = np.random.default_rng(0)
+        batches = 400
+        for _ in range(batches):
+            st.logp(np.sort(rng.integers(0, n, batch)), 0)
+        rows = batches * batch
+    return rows / (time.perf_counter() - t0)
 
 
 def main() -> None:

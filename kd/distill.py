@@ -18,7 +18,7 @@ from torch import nn
 
 from kd import augment, losses, models
 from kd.config import ModelSpec, Params
-from kd.data import Prepared
+from kd.data import Prepared, Rows
 from kd.distributed import Runtime, runtime
 from kd.hooks import FeatureTap
 from kd.soft_targets import SoftTargets, cache_key
@@ -53,18 +53,30 @@ class EpochViews:
 
 
 def _rows(idx: np.ndarray) -> torch.Tensor:
-    """The batch's row indices into the distillation inputs (CRD's memory-bank rows)."""
-    return torch.tensor(idx, dtype=torch.long)
+    """The batch's row indices into the distillation inputs (CRD's memory-bank rows); read-only."""
+    return torch.from_numpy(idx) if idx.dtype == np.int64 else torch.tensor(idx, dtype=torch.long)
+
+
+def _plain(x):
+    """A single memory-mapped array as a plain ndarray view (np.memmap's indexing costs microseconds per call)."""
+    if isinstance(x, Rows) and len(x.parts) == 1:
+        x = x.parts[0]
+    return np.asarray(x) if isinstance(x, np.ndarray) else x
 
 
 def cached_batches(x: np.ndarray, y: np.ndarray, targets: SoftTargets, noise_std: float, seed: int) -> BatchFn:
+    """Inputs, labels and cached targets per step: the targets through the block reader (`TargetReader`:
+    whole blocks read once, one fancy index per step), the inputs and labels indexed directly."""
     views = EpochViews(seed, len(x), targets.views)
+    reader, x, y = targets.reader(), _plain(x), np.asarray(y)
 
     def batch(idx: np.ndarray, epoch: int) -> dict:
-        view = views(epoch, idx)
-        xb = x[idx] if targets.views == 1 else augment.apply(x, idx, view, targets.view_params, noise_std)
-        return {"x": torch.from_numpy(xb), "y": torch.from_numpy(y[idx]), "t": torch.from_numpy(targets.logp(idx, view)),
-                "idx": _rows(idx)}
+        if targets.views == 1:
+            xb, t = x[idx], reader.logp(idx)
+        else:
+            view = views(epoch, idx)
+            xb, t = augment.apply(x, idx, view, targets.view_params, noise_std), reader.logp(idx, view)
+        return {"x": torch.from_numpy(xb), "y": torch.from_numpy(y[idx]), "t": torch.from_numpy(t), "idx": _rows(idx)}
 
     return batch
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from kd import augment
+from kd.blocks import BUDGET_BYTES, BlockBuffer
 from kd.config import SoftTargetParams
 from kd.distributed import Runtime
 from kd.failpoints import crash_point
@@ -239,8 +240,9 @@ class SoftTargets:
         self.manifest = m
         self.n, self.n_classes, self.views, self.k = m["n"], m["n_classes"], m["views"], m["top_k"]
         self.shard_size = m["shard_size"]
-        self._logp = [np.load(self.root / _shard_files(s, self.k)[0], mmap_mode="r") for s in range(m["n_shards"])]
-        self._idx = [np.load(self.root / _shard_files(s, self.k)[1], mmap_mode="r") for s in range(m["n_shards"])] if self.k else []
+        # plain ndarray views of the memory maps (np.memmap's own indexing adds microseconds per call)
+        self._logp = [np.asarray(np.load(self.root / _shard_files(s, self.k)[0], mmap_mode="r")) for s in range(m["n_shards"])]
+        self._idx = [np.asarray(np.load(self.root / _shard_files(s, self.k)[1], mmap_mode="r")) for s in range(m["n_shards"])] if self.k else []
         self.view_params: dict[str, np.ndarray] = {}
         if self.views > 1:  # with one view every input is the clean sample: nothing is stored
             with np.load(self.root / "views.npz") as z:
@@ -264,6 +266,22 @@ class SoftTargets:
                     inds[dest] = self._idx[s][rows, view[dest]]
         return vals, inds
 
+    def rows(self, lo: int, hi: int) -> np.ndarray:
+        """Rows lo..hi at every view as full float32 log-probabilities, (hi - lo, views, C), read as contiguous
+        slices of the shards (sequential I/O); top-k rows expanded as `logp` does."""
+        s0, s1 = lo // self.shard_size, (hi - 1) // self.shard_size
+        cut = [(s, max(lo - s * self.shard_size, 0), min(hi - s * self.shard_size, self.shard_size)) for s in range(s0, s1 + 1)]
+        vals = self._logp[s0][cut[0][1] : cut[0][2]] if len(cut) == 1 else np.concatenate([self._logp[s][a:b] for s, a, b in cut])
+        vals = vals.astype(np.float32)  # a copy: the read happens here, in order
+        if not self.k:
+            return vals
+        inds = np.concatenate([self._idx[s][a:b] for s, a, b in cut])
+        return expand_top_k(vals.reshape(-1, self.k), inds.reshape(-1, self.k), self.n_classes).reshape(hi - lo, self.views, self.n_classes)
+
+    def reader(self, budget: int = BUDGET_BYTES) -> TargetReader:
+        """The training-time reader: whole blocks of rows, expanded once (`kd.blocks`)."""
+        return TargetReader(self, budget)
+
     def logp(self, idx: np.ndarray, view: np.ndarray | int = 0) -> np.ndarray:
         view = np.broadcast_to(np.asarray(view), np.shape(idx))
         vals, inds = self.raw(idx, view)
@@ -280,3 +298,24 @@ def expand_top_k(kept_logp: np.ndarray, kept_idx: np.ndarray, n_classes: int) ->
     out = np.repeat(np.log(residual)[:, None], n_classes, 1).astype(np.float32)
     np.put_along_axis(out, kept_idx, kept_logp, 1)
     return out
+
+
+class TargetReader:
+    """`SoftTargets.logp` for training: rows come from whole blocks (`kd.blocks.BlockBuffer`) read as contiguous
+    slices and expanded to float32 once, so a step is one fancy index into memory, and an epoch in
+    block-shuffled order (`kd.blocks.epoch_order`) reads the shards sequentially. A cache within the budget
+    is read once and stays in memory; a batch touching more blocks than the budget holds (random access over
+    a large cache) is read row by row, as `logp` does."""
+
+    def __init__(self, targets: SoftTargets, budget: int = BUDGET_BYTES):
+        self.targets, self.views = targets, targets.views
+        self.buffer = BlockBuffer(targets.n, targets.rows, targets.views * targets.n_classes * 4, budget)
+
+    def logp(self, idx: np.ndarray, view: np.ndarray | None = None) -> np.ndarray:
+        """(B, C) float32 log-probabilities of rows `idx` at views `view` (None: view 0)."""
+        found = self.buffer.locate(idx)
+        if found is None:
+            return self.targets.logp(idx, 0 if view is None else view)
+        buf, pos = found
+        flat = buf.reshape(-1, buf.shape[-1])  # (rows * views, C): a single-axis take is numpy's fast gather
+        return np.take(flat, pos if self.views == 1 else pos * self.views + (0 if view is None else view), axis=0)

@@ -3,7 +3,8 @@
 Read top to bottom: seed, optimiser, cosine schedule, resume from the last checkpoint, then per epoch a
 seeded permutation, steps, validation, early stopping and a checkpoint. Batches and losses come from
 callables, so the same loop trains on hard labels, cached soft targets or an online teacher.
-Determinism on CPU: the epoch permutation depends only on (seed, epoch), and the torch RNG state is
+Determinism on CPU: the epoch order depends only on (rows, seed, epoch) — a uniform permutation up to 65,536
+rows, a block shuffle beyond (`kd.blocks`: sequential reads of large data) — and the torch RNG state is
 checkpointed, so a killed-and-resumed run ends with the same weights as an uninterrupted one.
 Under torch.distributed (`kd.distributed`) each rank takes its share of every global batch, its loss
 weighted by that share, and DistributedDataParallel averages the gradients: N processes take the steps
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kd.blocks import epoch_order
 from kd.config import TrainParams
 from kd.distributed import Runtime
 from kd.failpoints import crash_point
@@ -118,7 +120,7 @@ def fit(
         progress = tqdm(total=tp.epochs, initial=state["epoch"], desc=desc, leave=False)
     while state["epoch"] < tp.epochs and state["bad_epochs"] <= (tp.patience or math.inf):
         epoch = state["epoch"]
-        order = np.random.default_rng([seed, epoch]).permutation(n_rows)
+        order = epoch_order(n_rows, seed, epoch)
         model.train()
         extra.train()
         sums: dict[str, float] = {}

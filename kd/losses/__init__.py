@@ -51,12 +51,13 @@ class Combined(nn.Module):
         return any(getattr(t, "needs_features", False) for t in self.terms.values())
 
     def forward(self, ctx: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        total = 0.0
+        total = None
         parts: dict[str, float] = {}
         for name, term in self.terms.items():
             value = term(ctx)
             parts[name] = float(value.detach())
-            total = total + self.weights[name] * value
+            weighted = value if self.weights[name] == 1.0 else self.weights[name] * value  # no node for a weight of 1
+            total = weighted if total is None else total + weighted
         return total, parts
 
 
