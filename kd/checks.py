@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kd.calibration import ece, fit_temperature, softmax
+from kd.calibration import Bins, fit_temperature, softmax
 from kd.config import Params
-from kd.data import Prepared
+from kd.data import Prepared, row_batches
 from kd.drift import MAX_ROWS, drift_gate, drift_report
 from kd.fairness import fairness_checks
 from kd.gates import Gate, at_most, skipped
@@ -99,9 +99,7 @@ def calibration_check(preds: dict[str, np.ndarray], prep: Prepared, p: Params) -
     c, bins = p.checks.calibration, p.evaluate.ece_bins
     y_test = prep.y["test"]
     probs = preds.get("student_test")
-    if probs is None:
-        probs = softmax(preds["student_test_logits"])
-    raw = ece(probs, y_test, bins)
+    raw = _streamed_ece(probs if probs is not None else preds["student_test_logits"], y_test, bins, None if probs is not None else 1.0)
     out: dict = {"ece": raw, "bins": bins, "max_ece": c.max_ece}
     note = ""
     if c.temperature_scaling:
@@ -109,11 +107,19 @@ def calibration_check(preds: dict[str, np.ndarray], prep: Prepared, p: Params) -
             out["temperature_scaling"] = "skipped: student_val_logits / student_test_logits not given"
         else:
             t = fit_temperature(preds["student_val_logits"], prep.y["val"])
-            after = ece(softmax(preds["student_test_logits"], t), y_test, bins)
+            after = _streamed_ece(preds["student_test_logits"], y_test, bins, t)
             out |= {"temperature": t, "ece_after_temperature": after}
             note = f"; temperature scaling T={t:.3g} (fit on val) would give {after:.4f}"
     gate = at_most("calibration_ece", raw, c.max_ece, detail=f"student test ECE {raw:.4f} <= {c.max_ece:g} ({bins} bins){note}")
     return out, gate
+
+
+def _streamed_ece(values: np.ndarray, y: np.ndarray, bins: int, temperature: float | None) -> float:
+    """ECE (Guo et al. 2017) over probabilities, or over softmax(logits / temperature), read a batch at a time."""
+    acc = Bins(bins)
+    for (_, v), (_, t) in zip(row_batches(values), row_batches(y)):
+        acc.add(v if temperature is None else softmax(v.astype(np.float64), temperature), t)
+    return acc.ece()
 
 
 def run_checks(prep: Prepared, preds: dict[str, np.ndarray], p: Params, out_dir: Path) -> dict:

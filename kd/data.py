@@ -261,3 +261,60 @@ def load_raw(path: Path, split: str) -> pd.DataFrame:
     if not file.exists():
         raise DataError(f"{file}: missing; run 'kd stage validate' first")
     return pd.read_parquet(file)
+
+
+BATCH_ROWS = 65536  # rows a streaming pass holds at once (e.g. 16 MiB of a 64-feature float32 split)
+
+
+def row_batches(arr: np.ndarray, rows: int | None = None):
+    """(start, rows start..start+len) of an array, `rows` at a time, as fresh in-memory copies. A memory-mapped
+    `.npy` (what `load` gives) is read with plain file reads, not through the map: the pages go to the OS page
+    cache, not to this process's resident set, so a pass over a split of any length holds one batch."""
+    n, rows = len(arr), rows or BATCH_ROWS
+    name = getattr(arr, "filename", None) if isinstance(arr, np.memmap) else None
+    if not name or n == 0 or _npy_header(name) != (arr.shape, arr.dtype, arr.offset) or not arr.flags.c_contiguous:  # a slice: through the map
+        for i in range(0, n, rows):
+            yield i, np.array(arr[i : i + rows])
+        return
+    row_bytes = arr.dtype.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64))
+    with open(name, "rb") as f:
+        for i in range(0, n, rows):
+            k = min(rows, n - i)
+            f.seek(arr.offset + i * row_bytes)
+            yield i, np.fromfile(f, dtype=arr.dtype, count=k * row_bytes // arr.dtype.itemsize).reshape((k, *arr.shape[1:]))
+
+
+def _npy_header(file: str) -> tuple:
+    """(shape, dtype, data offset) of a C-order `.npy` file."""
+    with open(file, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        return (shape if not fortran else None), dtype, f.tell()
+
+
+class NpyWriter:
+    """A `.npy` file of known shape written a batch of rows at a time (never whole in memory); readable with
+    `np.load(mmap_mode=...)`. Written to a temporary name and renamed on `close`: nothing half-written."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype):
+        self.path, self.shape, self.dtype, self.rows = Path(path), tuple(shape), np.dtype(dtype), 0
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.f = open(self.tmp, "wb")  # noqa: SIM115 - closed in close()
+        np.lib.format.write_array_header_2_0(self.f, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                      "fortran_order": False, "shape": self.shape})
+
+    def write(self, batch: np.ndarray) -> None:
+        batch = np.ascontiguousarray(batch, dtype=self.dtype)
+        if batch.shape[1:] != self.shape[1:]:
+            raise ValueError(f"{self.path.name}: a batch of shape {batch.shape} for an array of {self.shape}")
+        self.f.write(batch.tobytes())
+        self.rows += len(batch)
+
+    def close(self) -> Path:
+        self.f.close()
+        if self.rows != self.shape[0]:
+            self.tmp.unlink()
+            raise ValueError(f"{self.path.name}: {self.rows} rows written of {self.shape[0]}")
+        self.tmp.replace(self.path)
+        return self.path

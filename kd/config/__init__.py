@@ -78,6 +78,7 @@ __all__ = [
 
 RUNTIME_SECTIONS = ("serve", "monitor", "device", "distributed")  # where a model is made, served and watched, not what it is
 RESOLVED = "params.resolved.yaml"  # written by the `config` stage; the params file of every other dvc.yaml stage
+PREDICTIONS = "predictions"  # <paths.reports>/predictions/<name>.npy: the test predictions evaluate writes, memory-mappable
 
 
 class PathsParams(Section):
@@ -97,7 +98,7 @@ class PathsParams(Section):
     export: str = "models/export"
     """student.onnx, student_int8.onnx and the edge model (DVC output)"""
     reports: str = "reports/evaluate"
-    """metrics.json, reliability.png, confusion.png, predictions.npz"""
+    """metrics.json, reliability.png, confusion.png, predictions/ (test probabilities and logits, .npy)"""
     checks: str = "reports/checks"
     """checks.json, drift HTML reports, fairness charts"""
     checkpoints: str = "checkpoints"
