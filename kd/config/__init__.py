@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kd.config.base import ConfigError, Section
 from kd.config.checks import (
@@ -76,7 +76,7 @@ __all__ = [
     "reference_markdown",
 ]  # fmt: skip
 
-RUNTIME_SECTIONS = ("serve", "monitor", "device", "distributed")  # where a model is made, served and watched, not what it is
+RUNTIME_SECTIONS = ("serve", "monitor", "device", "amp", "distributed")  # where a model is made, served and watched, not what it is
 RESOLVED = "params.resolved.yaml"  # written by the `config` stage; the params file of every other dvc.yaml stage
 PREDICTIONS = "predictions"  # <paths.reports>/predictions/<name>.npy: the test predictions evaluate writes, memory-mappable
 
@@ -118,6 +118,8 @@ class Params(Section):
     """torch/onnxruntime CPU threads per stage: 1 is fastest for small models and immune to a busy machine"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """where teachers, students and the scratch baseline train: auto is cuda when available, else cpu"""
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    """mixed precision (torch.autocast) of that training: auto is bf16 on a CUDA device that supports it, else fp16 (with a GradScaler), and off on the CPU; bf16 also runs on the CPU when asked for; fp16 needs CUDA"""
     distributed: DistributedParams = Field(default_factory=DistributedParams)
     data: DataParams = Field(default_factory=DataParams)
     validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
@@ -134,6 +136,12 @@ class Params(Section):
     paths: PathsParams = Field(default_factory=PathsParams, exclude=True)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True, use_attribute_docstrings=True)
+
+    @model_validator(mode="after")
+    def _amp_on_the_device(self) -> Params:
+        if self.amp == "fp16" and self.device == "cpu":
+            raise ValueError("amp: fp16 needs a CUDA device, and device is cpu; use amp: bf16 (CPU autocast) or off")
+        return self
 
     def student_spec(self) -> ModelSpec:
         return self.teacher.model if self.student.same_as_teacher else self.student.model
