@@ -71,7 +71,7 @@ from kd.publish import publish
 from kd.stages import STAGES
 root = Path(sys.argv[1])
 r = publish(root, load_params(root / "params.yaml"), [{"stage": s, "ran": True, "seconds": 0.0} for s in STAGES], "benchmark")
-print(json.dumps({k: r[k] for k in ("version", "promoted", "blocked", "tracking_uri")}))
+print(json.dumps({k: r[k] for k in ("version", "promoted", "blocked")} | {"registry": r["tracking_uri"].split(":")[0]}))
 """
 
 
