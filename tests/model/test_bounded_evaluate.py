@@ -15,6 +15,7 @@ from sklearn.metrics import f1_score
 
 from kd import data, stages
 from kd.calibration import Bins, fit_temperature, softmax
+from kd.checks import sample_guarantee
 from kd.config import PREDICTIONS, load_params
 from kd.data import NpyWriter, row_batches
 from kd.evaluate import Scores
@@ -178,3 +179,12 @@ def test_evaluate_streams_the_split_and_matches_one_batch(project, monkeypatch):
     result = stages.run("checks", root, p)  # reads the predictions from their memory-mapped files
     names = {g[0] for g in result["gates"]}
     assert {"calibration_ece", "fairness_group"} <= names
+    coverage = json.loads((root / p.paths.checks / "checks.json").read_text())["coverage"]
+    assert coverage["fairness"]["rows"] == coverage["calibration"]["rows"] == len(y) and coverage["fairness"]["exact"]
+    assert coverage["drift_data_gap"]["exact"] and coverage["drift_data_gap"]["cdf_within"] == 0  # a small split: all rows
+
+
+def test_the_drift_sample_states_its_guarantee():
+    g = sample_guarantee(5000, 2_000_000, "training split", seeds=(0, 1))
+    assert g["rows"] == 5000 and not g["exact"]
+    assert g["cdf_within"] == pytest.approx(math.sqrt(math.log(40) / 10_000), abs=1e-4)  # DKW at 95%: 0.0192
