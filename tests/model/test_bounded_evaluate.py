@@ -54,6 +54,21 @@ def test_row_batches_read_a_mapped_file_and_a_slice_of_it(tmp_path):
     assert np.array_equal(np.concatenate([b for _, b in row_batches(m[5:], 7)]), a[5:])  # a slice keeps the file's offset
 
 
+def test_raw_batches_read_one_row_group_at_a_time(tmp_path):
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "raw").mkdir()
+    frames = [pd.DataFrame({"a": np.arange(k * 10, k * 10 + 10), "b": [str(i) for i in range(10)]}) for k in range(3)]
+    with pq.ParquetWriter(str(tmp_path / "raw" / "test.parquet"), pa.Table.from_pandas(frames[0]).schema) as w:
+        for f in frames:  # three row groups of 10 rows, as ingest writes one per source chunk
+            w.write_table(pa.Table.from_pandas(f))
+    batches = list(data.raw_batches(tmp_path, "test", rows=4))
+    assert [len(b) for b in batches] == [4, 4, 2] * 3  # never more than `rows`, never across a row group
+    pd.testing.assert_frame_equal(pd.concat(batches, ignore_index=True), pd.concat(frames, ignore_index=True))
+
+
 def test_npy_writer_writes_batches_and_refuses_a_short_array(tmp_path):
     w = NpyWriter(tmp_path / "p.npy", (5, 2), np.float64)
     w.write(np.ones((3, 2)))
