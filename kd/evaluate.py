@@ -17,7 +17,7 @@ from kd import models
 from kd.bundle import write_student_bundle
 from kd.calibration import Bins, fit_temperature, reliability_diagram, softmax
 from kd.config import PREDICTIONS, EvaluateParams, Params
-from kd.data import NpyWriter, Prepared, row_batches
+from kd.data import NpyWriter, Prepared, row_batches, rows_at
 from kd.export import OnnxModel
 from kd.teacher import load_teacher
 
@@ -135,7 +135,7 @@ def evaluate(prep: Prepared, raw_train: pd.DataFrame, train_index: np.ndarray, r
     for old in export_dir.iterdir():  # the bundle is rebuilt whole: no file of an earlier export survives
         old.unlink()
     sample = np.sort(np.random.default_rng(p.seed).permutation(len(raw_train))[:REFERENCE_ROWS])  # rows of the raw sample
-    ref_probs = softmax(batched(torch_predict(student), prep.x["train"][train_index[sample]]).astype(np.float64))
+    ref_probs = softmax(batched(torch_predict(student), rows_at(prep.x["train"], train_index[sample])).astype(np.float64))
     reference = raw_train.iloc[sample].reset_index(drop=True).assign(
         __prediction=[prep.classes[i] for i in ref_probs.argmax(1)], __confidence=ref_probs.max(1))
     write_student_bundle(export_dir, models_dir / "student" / "model.pt", prep, e.onnx, reference,

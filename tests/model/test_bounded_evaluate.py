@@ -17,7 +17,7 @@ from kd import data, stages
 from kd.calibration import Bins, fit_temperature, softmax
 from kd.checks import sample_guarantee
 from kd.config import PREDICTIONS, load_params
-from kd.data import NpyWriter, row_batches
+from kd.data import NpyWriter, row_batches, rows_at
 from kd.evaluate import Scores
 from kd.fairness import group_report, triples
 
@@ -52,6 +52,8 @@ def test_row_batches_read_a_mapped_file_and_a_slice_of_it(tmp_path):
     assert [i for i, _ in whole] == list(range(0, 50, 7)) and np.array_equal(np.concatenate([b for _, b in whole]), a)
     assert not isinstance(whole[0][1], np.memmap)  # copies, not views of the map
     assert np.array_equal(np.concatenate([b for _, b in row_batches(m[5:], 7)]), a[5:])  # a slice keeps the file's offset
+    idx = np.array([0, 3, 4, 17, 49])
+    assert np.array_equal(rows_at(m, idx), a[idx]) and np.array_equal(rows_at(m[5:], idx[:-1]), a[5:][idx[:-1]])
 
 
 def test_raw_batches_read_one_row_group_at_a_time(tmp_path):
