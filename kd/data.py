@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -245,14 +246,21 @@ def load(path: Path) -> Prepared:
 
 
 def raw_batches(path: Path, split: str, rows: int = 100_000):
-    """The raw rows of one split, a batch at a time (a 2M-row test split never sits in memory whole)."""
+    """The raw rows of one split, a batch of at most `rows` at a time (a 2M-row test split never sits in memory
+    whole: at most one parquet row group, the rows of one source chunk, is read at once)."""
     import pyarrow.parquet as pq
 
     file = Path(path) / "raw" / f"{split}.parquet"
     if not file.exists():
         raise DataError(f"{file}: missing; run 'kd stage validate' first")
-    for batch in pq.ParquetFile(file).iter_batches(batch_size=rows):
-        yield batch.to_pandas()
+    # a row group at a time (ingest writes one per source chunk), cut into batches: pyarrow's iter_batches kept
+    # ~850 bytes per row of a 2M-row split resident here (1.7 GB), reading row groups stays at one group's size
+    f = pq.ParquetFile(file)
+    for g in range(f.num_row_groups):
+        group = f.read_row_group(g)
+        for i in range(0, group.num_rows, rows):
+            yield group.slice(i, rows).to_pandas()
+        del group
 
 
 def load_raw(path: Path, split: str) -> pd.DataFrame:
@@ -261,3 +269,80 @@ def load_raw(path: Path, split: str) -> pd.DataFrame:
     if not file.exists():
         raise DataError(f"{file}: missing; run 'kd stage validate' first")
     return pd.read_parquet(file)
+
+
+BATCH_ROWS = 65536  # rows a streaming pass holds at once (e.g. 16 MiB of a 64-feature float32 split)
+
+
+def row_batches(arr: np.ndarray, rows: int | None = None):
+    """(start, rows start..start+len) of an array, `rows` at a time, as fresh in-memory copies. A memory-mapped
+    `.npy` (what `load` gives) is read with plain file reads, not through the map: the pages go to the OS page
+    cache, not to this process's resident set, so a pass over a split of any length holds one batch."""
+    n, rows = len(arr), rows or BATCH_ROWS
+    name = getattr(arr, "filename", None) if isinstance(arr, np.memmap) else None
+    if not name or n == 0 or _npy_header(name) != (arr.shape, arr.dtype, arr.offset) or not arr.flags.c_contiguous:  # a slice: through the map
+        for i in range(0, n, rows):
+            yield i, np.array(arr[i : i + rows])
+        return
+    row_bytes = arr.dtype.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64))
+    with open(name, "rb") as f:
+        for i in range(0, n, rows):
+            k = min(rows, n - i)
+            f.seek(arr.offset + i * row_bytes)
+            yield i, np.fromfile(f, dtype=arr.dtype, count=k * row_bytes // arr.dtype.itemsize).reshape((k, *arr.shape[1:]))
+
+
+def rows_at(arr: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """arr[idx] for sorted row indices; from a memory-mapped `.npy`, read row by row with file reads. Through
+    the map, the kernel's fault-around would map the cached pages around every row touched: 20k rows spread
+    over a 1.7 GB split put nearly all of it in the process's resident set."""
+    idx = np.asarray(idx, np.int64)
+    name = getattr(arr, "filename", None) if isinstance(arr, np.memmap) else None
+    if not name or _npy_header(name) != (arr.shape, arr.dtype, arr.offset) or not arr.flags.c_contiguous:
+        return np.asarray(arr[idx])
+    row_bytes = arr.dtype.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64))
+    out = np.empty((len(idx), *arr.shape[1:]), arr.dtype)
+    view = out.reshape(len(idx), -1).view(np.uint8)
+    fd = os.open(name, os.O_RDONLY)
+    try:
+        for k, i in enumerate(idx):
+            view[k] = np.frombuffer(os.pread(fd, row_bytes, arr.offset + int(i) * row_bytes), np.uint8)
+    finally:
+        os.close(fd)
+    return out
+
+
+def _npy_header(file: str) -> tuple:
+    """(shape, dtype, data offset) of a C-order `.npy` file."""
+    with open(file, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        return (shape if not fortran else None), dtype, f.tell()
+
+
+class NpyWriter:
+    """A `.npy` file of known shape written a batch of rows at a time (never whole in memory); readable with
+    `np.load(mmap_mode=...)`. Written to a temporary name and renamed on `close`: nothing half-written."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype):
+        self.path, self.shape, self.dtype, self.rows = Path(path), tuple(shape), np.dtype(dtype), 0
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.f = open(self.tmp, "wb")  # noqa: SIM115 - closed in close()
+        np.lib.format.write_array_header_2_0(self.f, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                      "fortran_order": False, "shape": self.shape})
+
+    def write(self, batch: np.ndarray) -> None:
+        batch = np.ascontiguousarray(batch, dtype=self.dtype)
+        if batch.shape[1:] != self.shape[1:]:
+            raise ValueError(f"{self.path.name}: a batch of shape {batch.shape} for an array of {self.shape}")
+        self.f.write(batch.tobytes())
+        self.rows += len(batch)
+
+    def close(self) -> Path:
+        self.f.close()
+        if self.rows != self.shape[0]:
+            self.tmp.unlink()
+            raise ValueError(f"{self.path.name}: {self.rows} rows written of {self.shape[0]}")
+        self.tmp.replace(self.path)
+        return self.path

@@ -209,7 +209,7 @@ def distill_qat(prep: Prepared, student: nn.Module, teacher: nn.Module, targets:
 def distill(prep: Prepared, teacher_dir: Path, cache_dir: Path, p: Params, out_dir: Path, ckpt_dir: Path | None = None) -> dict:
     """Train the student (through any assistants) and the scratch baseline; write both to `out_dir` (rank 0
     of a distributed run writes; every rank trains)."""
-    rt = runtime(p.device, p.distributed.backend)
+    rt = runtime(p.device, p.distributed.backend, p.amp)
     teacher, tsum = load_teacher(teacher_dir)
     needs_online = p.distill.teacher_source == "online" or any(n in losses.FEATURE_LOSSES for n in p.distill.losses)
     targets = None

@@ -24,6 +24,20 @@ class Runtime:
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
+    amp: str = "off"  # the `amp` setting: mixed precision of the forward passes (`autocast`)
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return amp_dtype(self.amp, self.device)
+
+    def autocast(self):
+        """torch.autocast on this device at the `amp` precision (Micikevicius et al. 2018), or no-op when off."""
+        dtype = self.amp_dtype
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """Loss scaling for fp16 (torch.amp.GradScaler, Micikevicius et al. 2018); a pass-through otherwise."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
 
     @property
     def main(self) -> bool:
@@ -46,22 +60,37 @@ def device_of(name: str) -> torch.device:
     return torch.device(name)
 
 
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the `amp` setting on `device`: auto is bf16 on a CUDA device that supports it,
+    else fp16, and off (None) on the CPU; bf16 runs on either; fp16 on CUDA only."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"amp: fp16 needs a CUDA device, and training runs on {device.type}; use amp: bf16 (CPU autocast) or off")
+    if amp not in ("bf16", "fp16"):
+        raise ValueError(f"amp: {amp!r}; expected auto, off, bf16 or fp16")
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
 def launched() -> bool:
     """True inside a process torchrun started (it sets WORLD_SIZE)."""
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
-def runtime(device: str = "auto", backend: str = "auto") -> Runtime:
-    """This process's rank, world size and device; joins the process group when torchrun launched it."""
+def runtime(device: str = "auto", backend: str = "auto", amp: str = "off") -> Runtime:
+    """This process's rank, world size, device and mixed precision; joins the process group when torchrun launched it."""
     dev = device_of(device)
+    amp_dtype(amp, dev)  # a precision the device cannot run is refused before any work
     if not launched():
-        return Runtime(device=dev)
+        return Runtime(device=dev, amp=amp)
     import torch.distributed as dist
 
     if not dist.is_initialized():
         chosen = backend if backend != "auto" else ("nccl" if dev.type == "cuda" else "gloo")
         dist.init_process_group(chosen)
-    return Runtime(dist.get_rank(), dist.get_world_size(), dev)
+    return Runtime(dist.get_rank(), dist.get_world_size(), dev, amp)
 
 
 def relaunch(stage: str, root: Path, nproc: int, args: list[str] | None = None) -> None:

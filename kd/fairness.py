@@ -31,13 +31,14 @@ def _f(x: float) -> float | None:
     return None if x is None or np.isnan(x) else float(x)
 
 
-def group_report(y_true, y_pred, groups: np.ndarray, classes: list[str]) -> dict:
+def group_report(y_true, y_pred, groups: np.ndarray, classes: list[str], weights: np.ndarray | None = None) -> dict:
     """Per-group accuracy, selection rate, TPR, FPR and the DP / EO differences (fairlearn MetricFrame).
 
     demographic_parity_difference: max-min selection rate over groups; equalized_odds_difference:
     max of the TPR and FPR ranges over groups (Hardt et al. 2016; fairlearn 'between_groups',
     'worst_case'). Binary: positive class = classes[1]. Multiclass: one-vs-rest per class, the headline
     value is the max over classes (its class in "worst_class"), per-class values under "per_class".
+    `weights`: how many rows each row stands for (fairlearn's sample weights; `triples` makes them).
     """
     from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, true_positive_rate
     from sklearn.metrics import accuracy_score
@@ -46,8 +47,11 @@ def group_report(y_true, y_pred, groups: np.ndarray, classes: list[str]) -> dict
     groups = np.asarray(groups).astype(str)
     if not (len(y_true) == len(y_pred) == len(groups)):
         raise ValueError(f"fairness: y_true {len(y_true)}, y_pred {len(y_pred)} and groups {len(groups)} differ in length")
+    w = np.ones(len(y_true)) if weights is None else np.asarray(weights, np.float64)
+    sw = {"sample_weight": w}
     acc = MetricFrame(
-        metrics={"accuracy": accuracy_score, "n": lambda t, p: len(t)}, y_true=y_true, y_pred=y_pred, sensitive_features=groups
+        metrics={"accuracy": accuracy_score, "n": lambda t, p, sample_weight: float(np.sum(sample_weight))}, y_true=y_true,
+        y_pred=y_pred, sensitive_features=groups, sample_params={"accuracy": sw, "n": sw},
     )
     by_group = {str(g): {"n": int(r["n"]), "accuracy": float(r["accuracy"])} for g, r in acc.by_group.iterrows()}
     binary = len(classes) == 2
@@ -58,14 +62,15 @@ def group_report(y_true, y_pred, groups: np.ndarray, classes: list[str]) -> dict
         mf = MetricFrame(
             metrics={
                 "selection_rate": selection_rate,
-                "tpr": lambda a, b: true_positive_rate(a, b, pos_label=1),
-                "fpr": lambda a, b: false_positive_rate(a, b, pos_label=1),
-                "n_pos": lambda a, b: int(np.sum(a == 1)),
-                "n_neg": lambda a, b: int(np.sum(a == 0)),
+                "tpr": lambda a, b, sample_weight: true_positive_rate(a, b, pos_label=1, sample_weight=sample_weight),
+                "fpr": lambda a, b, sample_weight: false_positive_rate(a, b, pos_label=1, sample_weight=sample_weight),
+                "n_pos": lambda a, b, sample_weight: float(np.sum(sample_weight[a == 1])),
+                "n_neg": lambda a, b, sample_weight: float(np.sum(sample_weight[a == 0])),
             },
             y_true=t,
             y_pred=p,
             sensitive_features=groups,
+            sample_params={k: sw for k in ("selection_rate", "tpr", "fpr", "n_pos", "n_neg")},
         )
         rows = {}
         for g, r in mf.by_group.iterrows():
@@ -97,6 +102,26 @@ def group_report(y_true, y_pred, groups: np.ndarray, classes: list[str]) -> dict
         for g, r in per_class[classes[1]]["by_group"].items():
             by_group[g].update(r)
     return out
+
+
+def triples(y_true, pred, groups) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct (label, predicted class, group) triples of the rows and how many rows each stands for, read
+    a batch at a time. Every rate here is a weighted mean, so the triples weighted by their counts give exactly
+    the per-row results, in memory bounded by classes x classes x groups whatever the number of rows."""
+    import pandas as pd
+
+    from kd.data import row_batches
+
+    total: pd.Series | None = None
+    for (_, t), (_, pr), (_, g) in zip(row_batches(y_true), row_batches(pred), row_batches(groups)):
+        c = pd.DataFrame({"y": _labels(t), "p": _labels(pr), "g": np.asarray(g).astype(str)}).value_counts()
+        total = c if total is None else total.add(c, fill_value=0)
+    if total is None:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, str), np.zeros(0)
+    total = total.sort_index()
+    idx = total.index
+    return (idx.get_level_values("y").to_numpy(np.int64), idx.get_level_values("p").to_numpy(np.int64),
+            idx.get_level_values("g").to_numpy().astype(str), total.to_numpy(np.float64))
 
 
 def _plot(attr: str, reports: dict[str, dict], metric: str, p: FairnessParams, path: Path) -> Path:
@@ -143,15 +168,16 @@ def fairness_checks(y_true, preds: dict[str, np.ndarray], groups: dict[str, np.n
     if not groups:
         return {}, [skipped("fairness", "no sensitive attributes (set data.sensitive_columns)")]
     metric, results, gates = p.metric, {}, []
-    y_true = _labels(y_true)
-    for attr, g in groups.items():
-        g = np.asarray(g).astype(str)
-        names, counts = np.unique(g, return_counts=True)
+    for attr, groups_of_rows in groups.items():
+        rows = {who: triples(y_true, pr, groups_of_rows) for who, pr in preds.items()}  # exact, bounded by classes and groups
+        first = next(iter(rows.values()))
+        names = np.unique(first[2])
+        counts = np.array([first[3][first[2] == n].sum() for n in names], np.int64)
         small = {str(n): int(c) for n, c in zip(names, counts) if c < p.min_group_size}
-        keep = ~np.isin(g, list(small))
-        full = {who: group_report(y_true, pr, g, classes) for who, pr in preds.items()}
-        gated = ({who: group_report(y_true[keep], _labels(pr)[keep], g[keep], classes) for who, pr in preds.items()}
-                 if len(set(g[keep])) >= 2 else None)
+        full = {who: group_report(t, pr, g, classes, w) for who, (t, pr, g, w) in rows.items()}
+        big = {n for n in names if n not in small}
+        gated = ({who: group_report(t[k], pr[k], g[k], classes, w[k]) for who, (t, pr, g, w) in rows.items()
+                  for k in [np.isin(g, list(big))]} if len(big) >= 2 else None)
         reports = {who: (gated[who] if gated else full[who]) | {"by_group": full[who]["by_group"], "small_groups": small}
                    for who in preds}
         chart = _plot(attr, reports, metric, p, Path(out_dir) / f"fairness_{attr}.png")

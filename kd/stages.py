@@ -184,10 +184,10 @@ def checks(root: Path, p: Params) -> dict:
     """Drift (data gap), fairness and calibration checks; their gates feed promotion."""
     from kd import data
     from kd.checks import run_checks
+    from kd.config import PREDICTIONS
 
     prep = data.load(_path(root, p.paths.prepared))
-    with np.load(_path(root, p.paths.reports) / "predictions.npz") as z:
-        preds = {k: z[k] for k in z.files}
+    preds = {f.stem: np.load(f, mmap_mode="r") for f in (_path(root, p.paths.reports) / PREDICTIONS).glob("*.npy")}  # read batch by batch
     result = run_checks(prep, preds, p, _path(root, p.paths.checks))
     return {"gates": [(g["name"], g["passed"], g["action"]) for g in result["gates"]]}
 

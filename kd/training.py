@@ -91,6 +91,7 @@ def fit(
     model.to(rt.device)
     extra.to(rt.device)
     opt = make_optimizer(list(model.parameters()) + list(extra.parameters()), tp)
+    scaler = rt.grad_scaler()  # amp: fp16 scales the loss; bf16 and fp32 pass through
     steps_per_epoch = math.ceil(n_rows / tp.batch_size)
     total = tp.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -129,10 +130,12 @@ def fit(
             share = rt.share(rows)
             weight = len(share) * rt.world / len(rows)  # DDP averages over ranks; this makes it the global batch mean
             batch = _to(batch_fn(share if len(share) else rows[:1], epoch), rt.device)
-            loss, parts = loss_fn(trained, batch)
+            with rt.autocast():  # mixed precision (amp) of the forward pass and loss; off: no-op
+                loss, parts = loss_fn(trained, batch)
             opt.zero_grad(set_to_none=True)
-            (loss * weight if rt.world > 1 else loss).backward()
-            opt.step()
+            scaler.scale(loss * weight if rt.world > 1 else loss).backward()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v / steps_per_epoch

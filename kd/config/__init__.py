@@ -82,8 +82,9 @@ __all__ = [
     "reference_markdown",
 ]  # fmt: skip
 
-RUNTIME_SECTIONS = ("serve", "monitor", "device", "distributed")  # where a model is made, served and watched, not what it is
+RUNTIME_SECTIONS = ("serve", "monitor", "device", "amp", "distributed")  # where a model is made, served and watched, not what it is
 RESOLVED = "params.resolved.yaml"  # written by the `config` stage; the params file of every other dvc.yaml stage
+PREDICTIONS = "predictions"  # <paths.reports>/predictions/<name>.npy: the test predictions evaluate writes, memory-mappable
 
 
 class PathsParams(Section):
@@ -103,7 +104,7 @@ class PathsParams(Section):
     export: str = "models/export"
     """student.onnx, student_int8.onnx and the edge model (DVC output)"""
     reports: str = "reports/evaluate"
-    """metrics.json, reliability.png, confusion.png, predictions.npz"""
+    """metrics.json, reliability.png, confusion.png, predictions/ (test probabilities and logits, .npy)"""
     checks: str = "reports/checks"
     """checks.json, drift HTML reports, fairness charts"""
     checkpoints: str = "checkpoints"
@@ -123,6 +124,8 @@ class Params(Section):
     """torch/onnxruntime CPU threads per stage: 1 is fastest for small models and immune to a busy machine"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """where teachers, students and the scratch baseline train: auto is cuda when available, else cpu"""
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    """mixed precision (torch.autocast) of that training: auto is bf16 on a CUDA device that supports it, else fp16 (with a GradScaler), and off on the CPU; bf16 also runs on the CPU when asked for; fp16 needs CUDA"""
     distributed: DistributedParams = Field(default_factory=DistributedParams)
     data: DataParams = Field(default_factory=DataParams)
     validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
@@ -172,6 +175,12 @@ class Params(Section):
                 self.teacher.model.arch != "minilm" or self.teacher.model.layers != student.layers):
             raise ValueError("student.model.arch 'minilm_layers' copies every other layer of its teacher: teacher.model needs "
                              f"arch 'minilm' with the same layers ({student.layers}), not {self.teacher.model.arch!r} with {self.teacher.model.layers}")
+        return self
+
+    @model_validator(mode="after")
+    def _amp_on_the_device(self) -> Params:
+        if self.amp == "fp16" and self.device == "cpu":
+            raise ValueError("amp: fp16 needs a CUDA device, and device is cpu; use amp: bf16 (CPU autocast) or off")
         return self
 
     def student_spec(self) -> ModelSpec:

@@ -15,20 +15,15 @@ the buckets with boto3 and both databases with SQL, the champion is loaded throu
 clone pulls the pipeline's outputs back from S3.
 """
 
-import contextlib
 import copy
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.parse
 import urllib.request
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -36,31 +31,16 @@ import pytest
 import yaml
 from kdproject import REPO, TINY, make_project, read_params
 
+sys.path.insert(0, str(REPO / "infra"))
+from loopback import ARTIFACTS, AWS, DVC, PG, production_stack  # noqa: E402
+from loopback import env as _env  # noqa: E402
+from loopback import port as _port  # noqa: E402
+
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
-PG = "postgresql://postgres@127.0.0.1:5432"
-ARTIFACTS, DVC = "kd-mlflow", "kd-dvc"  # the buckets, named as in infra/.env.example
-# moto accepts any credentials: these go to the servers and the worker only. The test process reaches the
-# artifacts through the MLflow server's proxy and needs none (nor does the worker's MLflow client).
-AWS = {"AWS_ACCESS_KEY_ID": "kd-test", "AWS_SECRET_ACCESS_KEY": "kd-test-not-a-secret", "AWS_DEFAULT_REGION": "us-east-1"}
-QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-         "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1", "ITERATIVE_DO_NOT_TRACK": "1"}
 # The cached DVC outputs the lineage tags name (data, teacher, soft-target cache, student, export bundle).
 PIPELINE = ("data/prepared", "models/teacher", "cache/soft_targets", "models/distilled", "models/export")
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(**extra: str) -> dict:
-    """This process's environment without any AWS/MLflow/Prefect endpoint it may carry, plus `extra`."""
-    drop = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "MLFLOW_TRACKING_URI",
-            "MLFLOW_S3_ENDPOINT_URL", "PREFECT_API_URL", "PREFECT_PROFILE")
-    return {k: v for k, v in os.environ.items() if k not in drop} | QUIET | extra
 
 
 def _sh(*argv: str, cwd: Path, env: dict | None = None) -> str:
@@ -88,99 +68,17 @@ def _get(url: str, **query) -> dict:
         return json.loads(r.read())
 
 
-class Servers:
-    """Processes started by this module, with their logs; stopped with everything they started."""
-
-    def __init__(self, logs: Path):
-        self.logs, self.procs = logs, {}
-        logs.mkdir(parents=True, exist_ok=True)
-
-    def start(self, name: str, argv: list[str], env: dict, cwd: Path | None = None) -> None:
-        with open(self.logs / f"{name}.log", "wb") as log:
-            self.procs[name] = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def tail(self, name: str, lines: int = 60) -> str:
-        text = (self.logs / f"{name}.log").read_text(errors="replace").splitlines()
-        return f"--- last lines of {name}.log ---\n" + "\n".join(text[-lines:])
-
-    def wait_http(self, name: str, url: str, timeout: float = 150) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.procs[name].poll() is not None:
-                pytest.fail(f"{name} exited ({self.procs[name].returncode}) before answering {url}\n{self.tail(name)}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        pytest.fail(f"{name} did not answer {url} within {timeout:.0f} s\n{self.tail(name)}")
-
-    def stop_all(self) -> None:
-        """SIGTERM to each server and every process under it (uvicorn workers, the worker's flow runs, which
-        Prefect may start in their own session), SIGKILL to whatever is left after 20 s. By pid only."""
-        import psutil
-
-        procs = []
-        for proc in reversed(self.procs.values()):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                top = psutil.Process(proc.pid)
-                procs += [top, *top.children(recursive=True)]
-        for p in procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.send_signal(signal.SIGTERM)
-        _, alive = psutil.wait_procs(procs, timeout=20)
-        for p in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-        for proc in self.procs.values():
-            proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """S3, two PostgreSQL databases, the MLflow server and the Prefect server, up and answering."""
+    """S3, two PostgreSQL databases, the MLflow server and the Prefect server, up and answering (infra/loopback.py)."""
     psycopg = pytest.importorskip("psycopg")
     pytest.importorskip("moto.server")
     try:
-        admin = psycopg.connect(f"{PG}/postgres", connect_timeout=3, autocommit=True)
+        psycopg.connect(f"{PG}/postgres", connect_timeout=3).close()
     except psycopg.OperationalError as err:
         pytest.skip(f"no PostgreSQL on 127.0.0.1:5432: {err}")
-    tmp = tmp_path_factory.mktemp("production")
-    tag = uuid.uuid4().hex[:10]
-    dbs = {"mlflow": f"kd_test_{tag}_mlflow", "prefect": f"kd_test_{tag}_prefect"}
-    ports = {name: _port() for name in ("s3", "mlflow", "prefect")}
-    s = SimpleNamespace(tmp=tmp, dbs=dbs, s3=f"http://127.0.0.1:{ports['s3']}", mlflow=f"http://127.0.0.1:{ports['mlflow']}",
-                        prefect_api=f"http://127.0.0.1:{ports['prefect']}/api", servers=Servers(tmp / "logs"))
-    try:
-        s.servers.start("s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(ports["s3"])], _env())
-        s.servers.wait_http("s3", f"{s.s3}/moto-api/", timeout=60)
-        init = subprocess.run([sys.executable, str(REPO / "infra/init_stores.py")], capture_output=True, text=True, timeout=120,
-                              env=_env(**AWS, KD_PG_ADMIN_URL=f"{PG}/postgres", KD_PG_DATABASES=" ".join(dbs.values()),
-                                       KD_S3_ENDPOINT_URL=s.s3, KD_S3_BUCKETS=f"{ARTIFACTS} {DVC}"))
-        assert init.returncode == 0, init.stdout + init.stderr
-        assert f"created: {' '.join(dbs.values())}" in init.stdout and f"created: {ARTIFACTS} {DVC}" in init.stdout
-
-        # kd runs no MLflow server-side jobs: job execution off spares the server its seven job-runner processes
-        s.servers.start("mlflow", [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(ports["mlflow"]),
-                                   "--workers", "1", "--backend-store-uri", f"{PG}/{dbs['mlflow']}",
-                                   "--artifacts-destination", f"s3://{ARTIFACTS}/mlartifacts"],
-                        _env(**AWS, MLFLOW_S3_ENDPOINT_URL=s.s3, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
-        # No UI (faster start) and no scheduler: the cron schedule is asserted as registered, but its 03:00 UTC
-        # runs are not created, so a test running at that hour still sees only the run it triggers.
-        s.servers.start("prefect", ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(ports["prefect"])],
-                        _env(PREFECT_HOME=str(tmp / "prefect-server"), PREFECT_UI_ENABLED="false",
-                             PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",
-                             PREFECT_API_DATABASE_CONNECTION_URL=f"{PG.replace('postgresql:', 'postgresql+asyncpg:')}/{dbs['prefect']}"))
-        s.servers.wait_http("mlflow", f"{s.mlflow}/health")
-        s.servers.wait_http("prefect", f"{s.prefect_api}/health")
+    with production_stack(tmp_path_factory.mktemp("production")) as s:
         yield s
-    finally:
-        s.servers.stop_all()
-        for db in dbs.values():
-            admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-        admin.close()
 
 
 @pytest.fixture(scope="module")
