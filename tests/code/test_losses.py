@@ -11,7 +11,7 @@ from kd.config import DistillParams
 from kd.losses.attention import AttentionTransfer, attention_map
 from kd.losses.dkd import DKD, dkd_parts
 from kd.losses.hint import Hint, HintRegressor
-from kd.losses.hinton import HintonKD, kd_div
+from kd.losses.hinton import HintonKD, hinton_torch, kd_div
 from kd.losses.pkt import pkt_loss
 from kd.losses.rkd import rkd_angle, rkd_distance
 
@@ -45,10 +45,30 @@ def test_hinton_alpha_mixes_soft_and_hard_terms():
     y = torch.tensor([0, 1])
     ctx = {"student_logits": S, "teacher_logp": T_LOGITS.log_softmax(1), "y": y}
     soft, hard = kd_div(S, ctx["teacher_logp"], 4.0), F.cross_entropy(S, y)
-    assert HintonKD(4.0, 0.7)(ctx).item() == pytest.approx((0.7 * soft + 0.3 * hard).item(), rel=1e-6)
+    assert HintonKD(4.0, 0.7)(ctx).item() == pytest.approx((0.7 * soft + 0.3 * hard).item(), rel=1e-5)
     # unlabeled transfer rows (-1) contribute only the soft term
     ctx["y"] = torch.tensor([-1, -1])
-    assert HintonKD(4.0, 0.7)(ctx).item() == pytest.approx(soft.item(), rel=1e-6)
+    assert HintonKD(4.0, 0.7)(ctx).item() == pytest.approx(soft.item(), rel=1e-5)  # float32, summed in another order
+
+
+@pytest.mark.parametrize("alpha,labels,spread", [(0.9, "all", 6), (0.7, "some", 6), (0.7, "none", 6), (1.0, "all", 6), (0.0, "some", 6),
+                                                 (0.9, "all", 15), (0.9, "some", 400)])
+def test_hinton_cpu_node_matches_the_torch_expression(alpha, labels, spread):
+    """The one-node CPU form (closed-form gradient) against autograd through the torch expression in float64;
+    a batch spread too wide for one shift per input (400: exponentials underflow) falls back to the torch form."""
+    g = torch.Generator().manual_seed(3)
+    s = (torch.randn(16, 7, generator=g) * spread).requires_grad_()
+    t_logp = (torch.randn(16, 7, generator=g) * 4).log_softmax(1)
+    y = torch.randint(0, 7, (16,), generator=g)
+    y = {"all": y, "some": torch.where(torch.arange(16) % 3 == 0, -1, y), "none": torch.full((16,), -1)}[labels]
+    fast = HintonKD(3.0, alpha)({"student_logits": s, "teacher_logp": t_logp, "y": y})
+    assert fast.grad_fn.name().endswith("GivenBackward") == (spread < 400)
+    (fast * 2.0).backward()  # the incoming gradient scales the closed form
+    fast_grad, s.grad = s.grad.clone(), None
+    ref = hinton_torch(s.double(), t_logp.double(), y, 3.0, alpha)
+    (ref * 2.0).backward()
+    assert fast.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(fast_grad, s.grad.float(), atol=1e-6, rtol=1e-4)
 
 
 def test_dkd_parts_reassemble_classical_kd():
