@@ -103,7 +103,7 @@ def scratch_batches(x: np.ndarray, y: np.ndarray, n_rows: int, view_params: dict
     also covers the unlabeled transfer rows, so the labelled rows are cycled to give the same number of
     steps) and, with views, augmented as the student's inputs are: the same mixup and noise, with mixup's
     label (the partner's label weighted by 1 - lam)."""
-    views = EpochViews(seed, len(x), n_views)
+    views, x, y = EpochViews(seed, len(x), n_views), _plain(x), np.asarray(y)
 
     def batch(idx: np.ndarray, epoch: int) -> dict:
         idx = idx % len(x)
@@ -209,7 +209,7 @@ def distill_qat(prep: Prepared, student: nn.Module, teacher: nn.Module, targets:
 def distill(prep: Prepared, teacher_dir: Path, cache_dir: Path, p: Params, out_dir: Path, ckpt_dir: Path | None = None) -> dict:
     """Train the student (through any assistants) and the scratch baseline; write both to `out_dir` (rank 0
     of a distributed run writes; every rank trains)."""
-    rt = runtime(p.device, p.distributed.backend, p.amp)
+    rt = runtime(p.device, p.distributed.backend, p.amp, p.checkpoint_every)
     teacher, tsum = load_teacher(teacher_dir)
     needs_online = p.distill.teacher_source == "online" or any(n in losses.FEATURE_LOSSES for n in p.distill.losses)
     targets = None

@@ -25,6 +25,7 @@ class Runtime:
     world: int = 1
     device: torch.device = torch.device("cpu")
     amp: str = "off"  # the `amp` setting: mixed precision of the forward passes (`autocast`)
+    checkpoint_every: float = 0.0  # the `checkpoint_every` setting: seconds of training between resume checkpoints
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -79,18 +80,19 @@ def launched() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
-def runtime(device: str = "auto", backend: str = "auto", amp: str = "off") -> Runtime:
-    """This process's rank, world size, device and mixed precision; joins the process group when torchrun launched it."""
+def runtime(device: str = "auto", backend: str = "auto", amp: str = "off", checkpoint_every: float = 0.0) -> Runtime:
+    """This process's rank, world size, device, mixed precision and checkpoint interval; joins the process group
+    when torchrun launched it."""
     dev = device_of(device)
     amp_dtype(amp, dev)  # a precision the device cannot run is refused before any work
     if not launched():
-        return Runtime(device=dev, amp=amp)
+        return Runtime(device=dev, amp=amp, checkpoint_every=checkpoint_every)
     import torch.distributed as dist
 
     if not dist.is_initialized():
         chosen = backend if backend != "auto" else ("nccl" if dev.type == "cuda" else "gloo")
         dist.init_process_group(chosen)
-    return Runtime(dist.get_rank(), dist.get_world_size(), dev, amp)
+    return Runtime(dist.get_rank(), dist.get_world_size(), dev, amp, checkpoint_every)
 
 
 def relaunch(stage: str, root: Path, nproc: int, args: list[str] | None = None) -> None:

@@ -134,7 +134,7 @@ def _train_member(prep: Prepared, p: Params, i: int, ckpt_dir: Path | None) -> t
                            data=prep.meta.get("data_hash", ""))
     res = fit(
         model, len(prep.y["train"]), hard_label_batches(prep.x["train"], prep.y["train"]), cross_entropy_loss,
-        (prep.x["val"], prep.y["val"]), p.teacher.train, spec.seed, ckpt, desc=f"teacher[{i}]", rt=Runtime(device=device_of(p.device), amp=p.amp),
+        (prep.x["val"], prep.y["val"]), p.teacher.train, spec.seed, ckpt, desc=f"teacher[{i}]", rt=Runtime(device=device_of(p.device), amp=p.amp, checkpoint_every=p.checkpoint_every),
     )
     if ckpt is not None:
         ckpt.unlink(missing_ok=True)

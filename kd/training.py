@@ -1,8 +1,9 @@
 """The training loop shared by teachers, students and the scratch baseline.
 
 Read top to bottom: seed, optimiser, cosine schedule, resume from the last checkpoint, then per epoch a
-seeded permutation, steps, validation, early stopping and a checkpoint. Batches and losses come from
-callables, so the same loop trains on hard labels, cached soft targets or an online teacher.
+seeded permutation, steps, validation, early stopping and, every `checkpoint_every` seconds and at the end, a
+checkpoint. Batches and losses come from callables, so the same loop trains on hard labels, cached soft
+targets or an online teacher.
 Determinism on CPU: the epoch order depends only on (rows, seed, epoch) — a uniform permutation up to 65,536
 rows, a block shuffle beyond (`kd.blocks`: sequential reads of large data) — and the torch RNG state is
 checkpointed, so a killed-and-resumed run ends with the same weights as an uninterrupted one.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +116,7 @@ def fit(
 
         trained = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
 
+    saved_at = time.monotonic()  # checkpoints every `rt.checkpoint_every` seconds of training, and at the end
     progress = None
     if tp.progress:
         from tqdm import tqdm
@@ -146,8 +149,10 @@ def fit(
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
-        if ckpt is not None and rt.main:
+        last = state["epoch"] >= tp.epochs or state["bad_epochs"] > (tp.patience or math.inf)
+        if ckpt is not None and rt.main and (last or time.monotonic() - saved_at >= rt.checkpoint_every):
             _save_checkpoint(ckpt, model, extra, opt, sched, state)
+            saved_at = time.monotonic()
             crash_point(f"fit:{desc}:epoch-{epoch + 1}")
         if progress:
             progress.update(1)

@@ -82,7 +82,7 @@ __all__ = [
     "reference_markdown",
 ]  # fmt: skip
 
-RUNTIME_SECTIONS = ("serve", "monitor", "device", "amp", "distributed")  # where a model is made, served and watched, not what it is
+RUNTIME_SECTIONS = ("serve", "monitor", "device", "amp", "checkpoint_every", "distributed")  # where a model is made, served and watched, not what it is
 RESOLVED = "params.resolved.yaml"  # written by the `config` stage; the params file of every other dvc.yaml stage
 PREDICTIONS = "predictions"  # <paths.reports>/predictions/<name>.npy: the test predictions evaluate writes, memory-mappable
 
@@ -126,6 +126,8 @@ class Params(Section):
     """where teachers, students and the scratch baseline train: auto is cuda when available, else cpu"""
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     """mixed precision (torch.autocast) of that training: auto is bf16 on a CUDA device that supports it, else fp16 (with a GradScaler), and off on the CPU; bf16 also runs on the CPU when asked for; fp16 needs CUDA"""
+    checkpoint_every: float = Field(30.0, ge=0)
+    """seconds of training between resume checkpoints: one is written at the first epoch end this long after the last, and at the last epoch; 0 writes one every epoch (a kill loses at most this much training, a resume still ends on the same weights)"""
     distributed: DistributedParams = Field(default_factory=DistributedParams)
     data: DataParams = Field(default_factory=DataParams)
     validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")

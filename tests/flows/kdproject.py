@@ -10,6 +10,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # A tiny, fast configuration: synthetic data with a sensitive attribute and an unlabeled transfer set.
 TINY = {
+    "checkpoint_every": 0,  # a resume checkpoint every epoch: the crash tests die after a chosen epoch
     "seed": 0,
     "data": {"source": "synthetic", "sensitive_columns": ["group"],
              "synthetic": {"n_samples": 900, "n_features": 6, "n_classes": 3, "class_sep": 2.5, "n_transfer": 200}},

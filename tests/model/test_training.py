@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from kd import models
-from kd.config import DataParams, ModelSpec, SyntheticParams, TrainParams
+from kd.config import DataParams, ModelSpec, Params, SyntheticParams, TrainParams
 from kd.data import prepare, split
+from kd.distributed import Runtime
 from kd.sources import load_source
 from kd.training import StopTraining, accuracy, cross_entropy_loss, fit, hard_label_batches
 
@@ -16,7 +17,7 @@ def prep():
     return prepare(split(load_source(p), p, 0), p)
 
 
-def _train(prep, ckpt, stop_at=None):
+def _train(prep, ckpt, stop_at=None, every=0.0, epochs=6):
     torch.manual_seed(0)
     m = models.build(ModelSpec(arch="mlp", width=16, dropout=0.2), prep.input_shape, prep.n_classes)
 
@@ -25,7 +26,8 @@ def _train(prep, ckpt, stop_at=None):
             raise StopTraining
 
     res = fit(m, len(prep.y["train"]), hard_label_batches(prep.x["train"], prep.y["train"]), cross_entropy_loss,
-              (prep.x["val"], prep.y["val"]), TrainParams(epochs=6, batch_size=32), seed=3, ckpt=ckpt, on_epoch_end=stop)
+              (prep.x["val"], prep.y["val"]), TrainParams(epochs=epochs, batch_size=32), seed=3, ckpt=ckpt, on_epoch_end=stop,
+              rt=Runtime(checkpoint_every=every))
     return m, res
 
 
@@ -38,6 +40,19 @@ def test_killed_and_resumed_run_matches_uninterrupted(prep, tmp_path):
     for k, v in full.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
     assert res.history == res_full.history
+
+
+def test_checkpoints_follow_the_interval_and_the_last_epoch_is_always_kept(prep, tmp_path):
+    """checkpoint_every: a run killed before the interval has passed left no checkpoint and starts over; the last
+    epoch is written whatever the interval; the setting is runtime (outside the config hash)."""
+    with pytest.raises(StopTraining):
+        _train(prep, tmp_path / "a.pt", stop_at=4, every=3600)
+    assert not (tmp_path / "a.pt").exists()
+    _, res = _train(prep, tmp_path / "a.pt", every=3600, epochs=3)
+    assert res.resumed_from == 0 and (tmp_path / "a.pt").exists()
+    _, res = _train(prep, tmp_path / "a.pt", every=3600, epochs=3)
+    assert res.resumed_from == 3 and res.epochs_run == 3  # the final checkpoint: nothing left to train
+    assert Params(checkpoint_every=5).section_hash() == Params().section_hash()
 
 
 def test_training_learns_and_early_stopping_stops(prep):
