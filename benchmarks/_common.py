@@ -1,10 +1,13 @@
-"""Small helpers shared by the benchmark scripts: markdown tables, JSON results, a thread setting."""
+"""Small helpers shared by the benchmark scripts: markdown tables, JSON results, a thread setting, `kd run`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -41,3 +44,21 @@ def bench_args(doc: str, add=None) -> argparse.Namespace:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     return args
+
+
+def kd_run(root: Path, env: dict | None = None) -> tuple[float, dict[str, tuple[str, float]]]:
+    """`kd run --root ROOT --no-push` as a user runs it; returns its wall seconds and, from the console's
+    "Stages:" line, each stage's status (ran / skipped / ...) and seconds. Exits with the run's output on failure."""
+    t0 = time.perf_counter()
+    out = subprocess.run(["kd", "run", "--root", str(root), "--no-push"], capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        sys.exit(f"kd run failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    stages = {}
+    for line in out.stdout.splitlines() + out.stderr.splitlines():
+        if "Stages:" in line:
+            for part in line.split("Stages:", 1)[1].split("|"):
+                m = re.match(r"\s*(\w+): (\w+) \(([\d.]+)s\)", part)
+                if m:
+                    stages[m.group(1)] = (m.group(2), float(m.group(3)))
+    return wall, stages

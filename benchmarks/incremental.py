@@ -17,10 +17,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import kd_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,21 +43,6 @@ def edit(root: Path, change) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def kd_run(root: Path) -> tuple[float, dict]:
-    t0 = time.perf_counter()
-    out = subprocess.run(["kd", "run", "--root", str(root), "--no-push"], capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
-    if out.returncode != 0:
-        sys.exit(f"kd run failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    stages = {}
-    for line in out.stdout.splitlines() + out.stderr.splitlines():
-        if "Stages:" in line:
-            for part in line.split("Stages:", 1)[1].split("|"):
-                name, _, rest = part.strip().partition(":")
-                stages[name] = rest.strip().split(" ")[0]
-    return seconds, stages
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -71,7 +58,7 @@ def main() -> None:
             if change:
                 edit(root, change)
             seconds, stages = kd_run(root)
-            rows.append({"case": name, "seconds": round(seconds, 1), "ran": [s for s, v in stages.items() if v == "ran"]})
+            rows.append({"case": name, "seconds": round(seconds, 1), "ran": [s for s, (status, _) in stages.items() if status == "ran"]})
             if name == "first run":
                 metrics = json.loads((root / "reports/evaluate/metrics.json").read_text())
     first = rows[0]["seconds"]

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import shutil
 import statistics
@@ -37,7 +36,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import md_table, write_json  # noqa: E402
+from _common import kd_run, md_table, write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "mnist1d"
@@ -63,24 +62,14 @@ def make_project(root: Path, seed: int, quick: bool) -> None:
         subprocess.run(cmd, cwd=root, check=True)
 
 
-def kd_run(root: Path) -> dict:
-    t0 = time.perf_counter()
+def kd_project_run(root: Path) -> dict:
     env = os.environ | {"OMP_NUM_THREADS": "1", "PREFECT_HOME": str(root / ".prefect-home"),  # no state shared with other runs
                         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                         "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false"}
-    out = subprocess.run(["kd", "run", "--root", str(root), "--no-push"], capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
-    if out.returncode != 0:
-        sys.exit(f"kd run failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    stages = {}
-    for line in out.stdout.splitlines() + out.stderr.splitlines():
-        if "Stages:" in line:
-            for part in line.split("Stages:", 1)[1].split("|"):
-                m = re.match(r"\s*(\w+): (\w+) \(([\d.]+)s\)", part)
-                if m:
-                    stages[m.group(1)] = float(m.group(3))
+    wall, stages = kd_run(root, env)
     metrics = json.loads((root / "reports" / "evaluate" / "metrics.json").read_text())
-    return {"wall_seconds": wall, "stage_seconds": stages, "test_accuracy": {k: metrics[k]["accuracy"] for k in ("teacher", "student", "scratch")}}
+    return {"wall_seconds": wall, "stage_seconds": {name: seconds for name, (_, seconds) in stages.items()},
+            "test_accuracy": {k: metrics[k]["accuracy"] for k in ("teacher", "student", "scratch")}}
 
 
 def child_cpu() -> float:
@@ -131,7 +120,7 @@ def main() -> None:
             root = tmp / f"project-{seed}"
             root.mkdir()
             make_project(root, seed, a.quick)
-            kd = kd_run(root)
+            kd = kd_project_run(root)
             plain = plain_run(seed, a.quick, tmp)
             direct = kd_stages_direct(root)
             kd_work = sum(kd["stage_seconds"].get(s, 0.0) for s in COMPARABLE)
