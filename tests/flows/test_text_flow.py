@@ -1,9 +1,15 @@
 """A text configuration through the whole pipeline (validate → teacher → cache → distill → evaluate → checks →
-registry): a tiny MiniLM teacher (2 of its 6 layers, the top one tuned), an embedding-bag student, 16 tokens;
-the registered bundle takes raw text."""
+registry → `kd serve`): a tiny MiniLM teacher (2 of its 6 layers, the top one tuned), an embedding-bag student,
+16 tokens; the registered bundle takes raw text, and so does the served champion over HTTP, logging every row."""
 
 import copy
+import signal
+import socket
+import subprocess
+import sys
+import time
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -46,3 +52,33 @@ def test_text_config_runs_the_pipeline_and_the_bundle_reads_raw_text(tmp_path, p
     rows = _reviews(40, 9)
     labels, _ = Predictor(bundle, "onnx_int8").predict(rows[["text"]])
     assert np.mean(np.array(labels) == rows["label"].to_numpy()) >= 0.8
+
+    # the champion served over real HTTP answers raw text like the bundle, and logs each row
+    from kd.serve.log import read_window
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "kd.cli", "serve", "--root", str(root), "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=open(root / "serve.err", "w"))
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        else:
+            pytest.fail(f"kd serve not ready:\n{(root / 'serve.err').read_text()}")
+        r = httpx.post(f"{url}/predict", json={"rows": rows[["text"]].to_dict("records")}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert [p["label"] for p in r.json()["predictions"]] == labels
+        bad = httpx.post(f"{url}/predict", json={"rows": [{"review": "great tea"}]}, timeout=30)
+        assert bad.status_code == 422 and "missing column(s) ['text']" in bad.text, bad.text
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    logged = read_window(f"sqlite:///{root / 'inference.db'}")
+    assert len(logged) == len(rows) and list(logged["label"]) == labels and list(logged["text"]) == list(rows["text"])
