@@ -26,6 +26,7 @@ from kd.sources import load_source
 from kd.training import StopTraining, fit
 
 BASE = {
+    "checkpoint_every": 0,  # a checkpoint every epoch: the resume test kills after a chosen epoch
     "data": {"source": "synthetic", "synthetic": {"n_samples": 600, "n_features": 8, "n_classes": 4, "class_sep": 1.2, "n_transfer": 0}},
     "teacher": {"model": {"arch": "mlp", "width": 32, "depth": 1}, "train": {"epochs": 6}},
     "student": {"model": {"arch": "mlp", "width": 8, "depth": 1}, "train": {"epochs": 4},
