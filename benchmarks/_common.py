@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import subprocess
@@ -27,7 +28,9 @@ def write_json(name: str, payload: dict, quick: bool) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}{'.quick' if quick else ''}.json"
     meta = {"quick": quick, "python": platform.python_version(), "machine": platform.machine(),
-            "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "command": " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
+            "loadavg_at_write": list(os.getloadavg())}
     path.write_text(json.dumps({"meta": meta, **payload}, indent=2))
     return path
 
