@@ -219,7 +219,8 @@ def distill(prep: Prepared, teacher_dir: Path, cache_dir: Path, p: Params, out_d
     chain = list(p.distill.assistants) + [p.student_spec()]
     determines = {"data": prep.meta.get("data_hash", ""), "teacher": tsum["teacher_hash"], "student": p.student.model_dump(),
                   "distill": p.distill.model_dump(), "soft_targets": p.soft_targets.model_dump(), "seed": p.seed,
-                  "teacher_spec": p.teacher.model.model_dump() if p.student.same_as_teacher else None}
+                  "teacher_spec": p.teacher.model.model_dump() if p.student.same_as_teacher else None,
+                  "precision": str(rt.amp_dtype)}  # amp changes the weights: a resume under another precision starts afresh
     current, feature_model, stages, done = teacher, teacher.feature_model, [], []
     for i, spec in enumerate(chain):
         ckpt = checkpoint_path(ckpt_dir, f"distill-{i}", **determines)
@@ -250,7 +251,7 @@ def distill(prep: Prepared, teacher_dir: Path, cache_dir: Path, p: Params, out_d
 
     ckpt = checkpoint_path(ckpt_dir, "scratch", data=prep.meta.get("data_hash", ""), spec=spec.model_dump(),
                            train=p.student.train.model_dump(), soft_targets=p.soft_targets.model_dump(), seed=p.seed,
-                           transfer_rows=0 if prep.x_transfer is None else len(prep.x_transfer))
+                           transfer_rows=0 if prep.x_transfer is None else len(prep.x_transfer), precision=str(rt.amp_dtype))
     scratch, sres = train_scratch(prep, p, p.seed, ckpt, rt)
     if not rt.main:
         return {}

@@ -130,11 +130,12 @@ def _train_member(prep: Prepared, p: Params, i: int, ckpt_dir: Path | None) -> t
     spec = member_specs(p)[i]
     torch.manual_seed(spec.seed)
     model = models.build(spec, prep.input_shape, prep.n_classes)
+    rt = Runtime(device=device_of(p.device), amp=p.amp, checkpoint_every=p.checkpoint_every)
     ckpt = checkpoint_path(ckpt_dir, f"teacher-{i}", spec=spec.model_dump(), train=p.teacher.train.model_dump(),
-                           data=prep.meta.get("data_hash", ""))
+                           data=prep.meta.get("data_hash", ""), precision=str(rt.amp_dtype))
     res = fit(
         model, len(prep.y["train"]), hard_label_batches(prep.x["train"], prep.y["train"]), cross_entropy_loss,
-        (prep.x["val"], prep.y["val"]), p.teacher.train, spec.seed, ckpt, desc=f"teacher[{i}]", rt=Runtime(device=device_of(p.device), amp=p.amp, checkpoint_every=p.checkpoint_every),
+        (prep.x["val"], prep.y["val"]), p.teacher.train, spec.seed, ckpt, desc=f"teacher[{i}]", rt=rt,
     )
     if ckpt is not None:
         ckpt.unlink(missing_ok=True)
@@ -144,7 +145,7 @@ def _train_member(prep: Prepared, p: Params, i: int, ckpt_dir: Path | None) -> t
 def _member_key(prep: Prepared, p: Params, i: int, ckpt_dir: Path) -> Path:
     spec = member_specs(p)[i]
     where = checkpoint_path(Path(ckpt_dir) / "members", f"member-{i}", spec=spec.model_dump(), train=p.teacher.train.model_dump(),
-                            data=prep.meta.get("data_hash", ""), device=p.device)
+                            data=prep.meta.get("data_hash", ""), device=p.device, amp=p.amp)
     return where
 
 

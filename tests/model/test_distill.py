@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import kd.distill
+import kd.training
 from kd import augment, models, soft_targets, teacher
 from kd import distill as distill_module
 from kd.config import Params
@@ -100,6 +101,31 @@ def test_assistant_chain_and_self_distillation_are_configuration(setup):
     student, _ = models.load(root / "self" / "student" / "model.pt")
     t, _ = teacher.load_teacher(root / "teacher")
     assert models.param_count(student) == models.param_count(t.members[0])
+
+
+def test_a_resume_under_another_precision_starts_afresh(setup, tmp_path):
+    """amp changes the weights, so a distill run killed under fp32 is resumed by a second fp32 run but not by a
+    bf16 one (each keys its checkpoint by the precision it trains in)."""
+    root, p, prep = setup
+    _cache(root, p, prep)
+    q = Params.model_validate(copy.deepcopy(BASE) | {"checkpoint_every": 0})
+    q.student.train.epochs = 3
+    real_fit = kd.training.fit
+
+    def stop(epoch):
+        if epoch == 1:
+            raise StopTraining
+
+    def killed_after_epoch_1(*a, **kw):
+        if kw.get("desc") == "distill":
+            kw["on_epoch_end"] = stop
+        return real_fit(*a, **kw)
+
+    with mock.patch.object(kd.distill, "fit", killed_after_epoch_1), pytest.raises(StopTraining):
+        distill(prep, root / "teacher", root / "cache", q, tmp_path / "out", tmp_path / "ck")
+    bf16 = q.model_copy(update={"amp": "bf16"})
+    assert distill(prep, root / "teacher", root / "cache", bf16, tmp_path / "out", tmp_path / "ck")["stages"][0]["resumed_from_epoch"] == 0
+    assert distill(prep, root / "teacher", root / "cache", q, tmp_path / "out", tmp_path / "ck")["stages"][0]["resumed_from_epoch"] == 1
 
 
 def test_stale_cache_is_refused_by_distill(setup):
