@@ -122,7 +122,11 @@ def fit(
         from tqdm import tqdm
 
         progress = tqdm(total=tp.epochs, initial=state["epoch"], desc=desc, leave=False)
-    while state["epoch"] < tp.epochs and state["bad_epochs"] <= (tp.patience or math.inf):
+
+    def finished() -> bool:  # all epochs run, or early stopping
+        return state["epoch"] >= tp.epochs or state["bad_epochs"] > (tp.patience or math.inf)
+
+    while not finished():
         epoch = state["epoch"]
         order = epoch_order(n_rows, seed, epoch)
         model.train()
@@ -149,8 +153,7 @@ def fit(
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
-        last = state["epoch"] >= tp.epochs or state["bad_epochs"] > (tp.patience or math.inf)
-        if ckpt is not None and rt.main and (last or time.monotonic() - saved_at >= rt.checkpoint_every):
+        if ckpt is not None and rt.main and (finished() or time.monotonic() - saved_at >= rt.checkpoint_every):
             _save_checkpoint(ckpt, model, extra, opt, sched, state)
             saved_at = time.monotonic()
             crash_point(f"fit:{desc}:epoch-{epoch + 1}")

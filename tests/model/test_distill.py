@@ -8,15 +8,14 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from tiny_teacher import cache, trained_teacher
 
 import kd.distill
 import kd.training
 from kd import augment, models, soft_targets, teacher
 from kd import distill as distill_module
 from kd.config import Params
-from kd.data import prepare, split
 from kd.distill import EpochViews, distill, distill_one, scratch_batches, train_scratch
-from kd.sources import load_source
 from kd.training import StopTraining, accuracy, cross_entropy_loss, fit, hard_label_batches
 
 BASE = {
@@ -30,18 +29,7 @@ BASE = {
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
-    p = Params.model_validate(BASE)
-    prep = prepare(split(load_source(p.data), p.data, p.seed), p.data)
-    prep.meta["data_hash"] = "d0"
-    teacher.train_teacher(prep, p, root / "teacher")
-    return root, p, prep
-
-
-def _cache(root, p, prep, name="cache"):
-    model, summary = teacher.load_teacher(root / "teacher")
-    key = soft_targets.cache_key(summary["teacher_hash"], "d0", p.soft_targets, p.seed)
-    soft_targets.build(root / name, key, prep.distill_inputs(), lambda xb: teacher.predict_logp(model, xb), prep.n_classes, p.soft_targets, p.seed)
-    return model, soft_targets.SoftTargets(root / name, expected_key=key)
+    return root, *trained_teacher(root, BASE)
 
 
 def _agreement(a, b, x):
@@ -51,7 +39,7 @@ def _agreement(a, b, x):
 
 def test_student_matches_teacher_better_than_its_untrained_self(setup):
     root, p, prep = setup
-    model, targets = _cache(root, p, prep)
+    model, targets = cache(root, p, prep)
     p = p.model_copy(deep=True)
     p.student.train.epochs = 30
     student, info = distill_one(prep, p.student.model, model, targets, p, seed=0, ckpt=None)
@@ -67,7 +55,7 @@ def test_cached_views_train_exactly_what_online_training_would(setup):
     root, p0, prep = setup
     p = Params.model_validate(copy.deepcopy(BASE) | {"soft_targets": {"dtype": "float32", "views": 3, "augment": {"noise_std": 0.2, "mixup_alpha": 0.4}}})
     p.student.train.epochs = 3
-    model, targets = _cache(root, p, prep, "cache_views")
+    model, targets = cache(root, p, prep, "cache_views")
     cached, _ = distill_one(prep, p.student.model, model, targets, p, seed=1, ckpt=None)
     online, info = distill_one(prep, p.student.model, model, None, p, seed=1, ckpt=None)
     assert info["source"] == "online"
@@ -90,7 +78,7 @@ def test_feature_losses_run_online_with_hooks(setup):
 
 def test_assistant_chain_and_self_distillation_are_configuration(setup):
     root, p, prep = setup
-    _cache(root, p, prep)
+    cache(root, p, prep)
     q = Params.model_validate(copy.deepcopy(BASE) | {"distill": {"assistants": [{"arch": "mlp", "width": 24, "depth": 1}]}})
     q.student.train.epochs = 3
     out = distill(prep, root / "teacher", root / "cache", q, root / "chain")
@@ -107,7 +95,7 @@ def test_a_resume_under_another_precision_starts_afresh(setup, tmp_path):
     """amp changes the weights, so a distill run killed under fp32 is resumed by a second fp32 run but not by a
     bf16 one (each keys its checkpoint by the precision it trains in)."""
     root, p, prep = setup
-    _cache(root, p, prep)
+    cache(root, p, prep)
     q = Params.model_validate(copy.deepcopy(BASE) | {"checkpoint_every": 0})
     q.student.train.epochs = 3
     real_fit = kd.training.fit
@@ -130,7 +118,7 @@ def test_a_resume_under_another_precision_starts_afresh(setup, tmp_path):
 
 def test_stale_cache_is_refused_by_distill(setup):
     root, p, prep = setup
-    _cache(root, p, prep)
+    cache(root, p, prep)
     q = Params.model_validate(copy.deepcopy(BASE) | {"soft_targets": {"dtype": "float32", "top_k": 2}})
     with pytest.raises(soft_targets.CacheError, match="run 'dvc repro soft_targets'"):
         distill(prep, root / "teacher", root / "cache", q, root / "stale")
@@ -175,7 +163,7 @@ def test_dist_from_the_cache_and_crd_online_train_a_student(setup, one_thread):
     """DIST alone (cached targets) teaches the classifier; CRD (teacher online, a memory bank over every
     distillation row) beside the hard-label CE trains a student too, and its own term falls."""
     root, p, prep = setup
-    model, targets = _cache(root, p, prep)
+    model, targets = cache(root, p, prep)
     q = p.model_copy(deep=True)
     q.student.train.epochs = 30
     q.distill.losses = {"dist": 1.0}

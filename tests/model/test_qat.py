@@ -13,16 +13,14 @@ import pandas as pd
 import pytest
 import torch
 from onnx import numpy_helper
+from tiny_teacher import cache, trained_teacher
 
 import kd.training
-from kd import losses, qat, soft_targets, teacher
+from kd import losses, qat
 from kd.bundle import write_student_bundle
-from kd.config import Params
-from kd.data import prepare, split
 from kd.distill import distill, distill_batches, distill_one, distill_qat
 from kd.export import OnnxModel, cpu_session
 from kd.predictor import Predictor
-from kd.sources import load_source
 from kd.training import StopTraining, fit
 
 BASE = {
@@ -38,15 +36,8 @@ BASE = {
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("qat")
-    p = Params.model_validate(BASE)
-    prep = prepare(split(load_source(p.data), p.data, p.seed), p.data)
-    prep.meta["data_hash"] = "d0"
-    teacher.train_teacher(prep, p, root / "teacher")
-    model, summary = teacher.load_teacher(root / "teacher")
-    key = soft_targets.cache_key(summary["teacher_hash"], "d0", p.soft_targets, p.seed)
-    soft_targets.build(root / "cache", key, prep.distill_inputs(), lambda xb: teacher.predict_logp(model, xb), prep.n_classes,
-                       p.soft_targets, p.seed)
-    targets = soft_targets.SoftTargets(root / "cache", expected_key=key)
+    p, prep = trained_teacher(root, BASE)
+    model, targets = cache(root, p, prep)
     student, _ = distill_one(prep, p.student.model, model, targets, p, seed=0, ckpt=None)
     qmodel, _ = distill_qat(prep, student, model, targets, p, seed=0, ckpt=None)
     qmodel.eval()

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from toy_text import toy_reviews
 
 from kd import models
 from kd.config import ConfigError, ModelSpec, Params, parse_params
@@ -14,22 +15,6 @@ from kd.losses.cosine import HiddenCosine
 from kd.sources import DataError, load_source
 from kd.text import encode
 from kd.training import accuracy, cross_entropy_loss, fit, hard_label_batches
-
-GOOD = ["great", "tasty", "lovely", "delicious", "perfect", "wonderful", "fresh", "excellent"]
-BAD = ["awful", "stale", "bland", "broken", "terrible", "rancid", "soggy", "horrible"]
-FILLER = ["the", "tea", "was", "coffee", "snack", "really", "box", "this", "and", "price"]
-
-
-def toy_reviews(n: int, seed: int = 0) -> pd.DataFrame:
-    """Reviews whose label is which of two word lists their sentiment words come from (trivially separable)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        label = ["great", "other"][i % 2]
-        words = list(rng.choice(FILLER, 5)) + list(rng.choice(GOOD if label == "great" else BAD, 2))
-        rng.shuffle(words)
-        rows.append({"text": " ".join(words), "label": label})
-    return pd.DataFrame(rows)
 
 
 def text_params(path, **student) -> Params:
