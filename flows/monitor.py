@@ -72,7 +72,8 @@ def signals(window, champ: dict, p: Params, out: str) -> dict:
     probs = M.probabilities(window, student.classes)
     window = window.assign(confidence=probs.max(1))
     gates = []
-    result["data_drift"], g = M.data_drift(reference, window, features, p, out_dir)
+    text = [f.name for f in student.features if f.kind == "text"]
+    result["data_drift"], g = M.data_drift(reference, window, features, p, out_dir, text)
     gates.append(g)
     result["prediction_drift"], g = M.prediction_drift(reference, window, p, out_dir)
     gates.append(g)

@@ -55,6 +55,8 @@ def data_gap_drift(prep: Prepared, p: Params, out_dir: Path) -> tuple[dict | Non
         return None, skipped("drift_data_gap", "checks.drift.data_gap is off")
     if prep.x_transfer is None or len(prep.x_transfer) == 0:
         return None, skipped("drift_data_gap", "no transfer set: the student distils on the training split only")
+    if p.data.is_text:
+        return None, skipped("drift_data_gap", "text: the prepared inputs are token ids, not features a drift test reads")
     result = drift_report(
         _frame(prep.x["train"], prep.feature_names, MAX_ROWS, 0),
         _frame(prep.x_transfer, prep.feature_names, MAX_ROWS, 1),
@@ -65,8 +67,10 @@ def data_gap_drift(prep: Prepared, p: Params, out_dir: Path) -> tuple[dict | Non
     return result, drift_gate("drift_data_gap", result, d.data_gap)
 
 
-def reference_drift(reference: pd.DataFrame, current: pd.DataFrame, p: Params, out_dir: Path) -> tuple[dict, Gate]:
-    """Drift of this run's training features against the champion's (Evidently DataDriftPreset).
+def reference_drift(reference: pd.DataFrame, current: pd.DataFrame, p: Params, out_dir: Path,
+                    text_columns: tuple[str, ...] | list[str] = ()) -> tuple[dict, Gate]:
+    """Drift of this run's training features against the champion's (Evidently DataDriftPreset); free-text
+    columns through their descriptors (`kd.text.descriptors`).
 
     Both tables must have the same feature columns; a different feature set is reported as a
     (failed, per checks.drift.reference) gate without running the tests.
@@ -86,7 +90,8 @@ def reference_drift(reference: pd.DataFrame, current: pd.DataFrame, p: Params, o
             else "feature columns are in a different order than the champion's"
         )
         return {"schema_changed": True, "detail": detail}, Gate("drift_reference", False, None, None, d.reference, detail)
-    result = drift_report(reference, current, out_dir / "drift_reference.html", d.drift_share, title="champion training data vs this run's")
+    result = drift_report(reference, current, out_dir / "drift_reference.html", d.drift_share, title="champion training data vs this run's",
+                          text_columns=text_columns)
     result["report"] = "drift_reference.html"
     return result, drift_gate("drift_reference", result, d.reference)
 

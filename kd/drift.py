@@ -2,7 +2,9 @@
 
 Evidently picks a statistical test per column (K-S / chi-square for <= 1000 reference rows,
 normed Wasserstein / Jensen-Shannon distance above; Z-test for binary columns) and calls the data
-set drifted when the share of drifted columns reaches `drift_share`. Evidently is imported lazily:
+set drifted when the share of drifted columns reaches `drift_share`. A free-text column is compared through
+its numeric descriptors (`kd.text.descriptors`: length, words, tokens, out-of-vocabulary share, character
+mix), as Evidently's text descriptors do: no test reads unique strings. Evidently is imported lazily:
 it takes ~5 s to import. Its telemetry (used by its UI service, not by reports) is disabled via
 `DO_NOT_TRACK` / `ITERATIVE_DO_NOT_TRACK` before the import; the saved HTML is self-contained.
 """
@@ -43,6 +45,17 @@ def _subsample(df: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
     return df.iloc[idx].reset_index(drop=True)
 
 
+def _describe_text(frame: pd.DataFrame, text_columns: list[str]) -> pd.DataFrame:
+    """`frame` with each text column replaced, in place, by its numeric descriptors."""
+    from kd.text import descriptors
+
+    missing = [c for c in text_columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"drift: text column(s) {missing} not in the table")
+    parts = [descriptors(frame[c], c) if c in text_columns else frame[[c]] for c in frame.columns]
+    return pd.concat([p.reset_index(drop=True) for p in parts], axis=1)
+
+
 def drift_report(
     reference: pd.DataFrame,
     current: pd.DataFrame,
@@ -50,12 +63,14 @@ def drift_report(
     drift_share: float = 0.5,
     title: str = "",
     max_rows: int = MAX_ROWS,
+    text_columns: tuple[str, ...] | list[str] = (),
 ) -> dict:
     """Per-column drift tests + share of drifted columns (Evidently DataDriftPreset); saves HTML at `out_html`.
 
     Returns {"drifted_share", "dataset_drift" (share >= drift_share), "n_columns", "columns":
     {col: {"drifted", "score", "method", "threshold"}}, "report", "drift_share", "rows", "subsampled",
-    "seconds"}. Tables longer than `max_rows` are subsampled (seed 0) and "subsampled" says so.
+    "seconds"}. Tables longer than `max_rows` are subsampled (seed 0) and "subsampled" says so. Each of
+    `text_columns` is replaced by its descriptors (`<column>.chars`, ...), so those are the columns tested.
     """
     reference = reference.rename(columns=str)
     current = current.rename(columns=str)
@@ -72,6 +87,8 @@ def drift_report(
     reference = _subsample(reference.reset_index(drop=True), max_rows, SUBSAMPLE_SEED)
     current = _subsample(current.reset_index(drop=True), max_rows, SUBSAMPLE_SEED + 1)
     subsampled = rows != {"reference": len(reference), "current": len(current)}
+    if text_columns:
+        reference, current = (_describe_text(t, list(text_columns)) for t in (reference, current))
 
     DataDefinition, Dataset, Report, DataDriftPreset = _evidently()
     numeric = [c for c in reference.columns if pd.api.types.is_numeric_dtype(reference[c]) and not pd.api.types.is_bool_dtype(reference[c])]

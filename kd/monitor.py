@@ -3,7 +3,8 @@ logged rows and the champion's bundles; `flows/monitor.py` orders them, logs the
 
 The signals use the code the promotion gates use (Evidently drift from `kd.drift`, fairlearn group
 metrics from `kd.fairness`), never a copy:
-- data drift: the window's raw feature columns against the champion's training reference;
+- data drift: the window's raw feature columns against the champion's training reference (free text
+  through its descriptors: length, tokens, out-of-vocabulary share, character mix);
 - prediction drift: the window's predicted classes and confidences against the reference's;
 - accuracy and per-group fairness, on the rows whose label came back (`POST /feedback`);
 - teacher-student disagreement: a sample of logged rows re-scored by the registered teacher — top-1
@@ -35,11 +36,13 @@ def probabilities(window: pd.DataFrame, classes: list[str]) -> np.ndarray:
     return np.array(col.tolist(), np.float64).reshape(len(window), len(classes))
 
 
-def data_drift(reference: pd.DataFrame, window: pd.DataFrame, features: list[str], p: Params, out: Path) -> tuple[dict, Gate]:
-    """Raw feature columns of the window against the champion's training reference (Evidently DataDriftPreset)."""
+def data_drift(reference: pd.DataFrame, window: pd.DataFrame, features: list[str], p: Params, out: Path,
+               text: tuple[str, ...] | list[str] = ()) -> tuple[dict, Gate]:
+    """Raw feature columns of the window against the champion's training reference (Evidently DataDriftPreset);
+    the `text` columns through their descriptors (`kd.text.descriptors`)."""
     m = p.monitor
     result = drift_report(reference[features], window[features], out / "data_drift.html", m.drift_share,
-                          title="champion's training reference vs production window")
+                          title="champion's training reference vs production window", text_columns=text)
     return result, drift_gate("data_drift", result, m.data_drift)
 
 

@@ -263,12 +263,14 @@ def _reference_drift(bundle: Path | None, champion, root: Path, p: Params) -> G.
     ref = Predictor(bundle, backend="torch").reference()
     if ref is None:
         return G.Gate("drift_reference", False, None, None, d.reference, f"champion v{champion.version} holds no training reference")
-    columns = [f["name"] for f in _features(bundle)]
+    features = _features(bundle)
+    columns = [f["name"] for f in features]
     current = data.load_raw(root / p.paths.prepared, "train")
     missing = [c for c in columns if c not in current.columns]
     if missing:
         return G.Gate("drift_reference", False, None, None, d.reference, f"this data lacks the champion's column(s) {missing[:5]}")
-    _, gate = reference_drift(ref[columns], current[columns], p, root / p.paths.publish)
+    text = [f["name"] for f in features if f["kind"] == "text"]
+    _, gate = reference_drift(ref[columns], current[columns], p, root / p.paths.publish, text)
     return gate
 
 

@@ -90,3 +90,41 @@ def pretrained_weights(name: str = "all-minilm-l6-v2") -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(model_dir(name) / "model.safetensors"))
+
+
+DESCRIPTORS = ("chars", "words", "tokens", "unk_share", "non_letter_share", "upper_share", "digit_share")
+_UNTRUNCATED = 1_000_000  # a "max_length" no review reaches: descriptors count every token
+
+
+def descriptors(texts, column: str, name: str = "all-minilm-l6-v2"):
+    """Numeric descriptors of free text, one row per text, named `<column>.<descriptor>`, for drift tests
+    on columns no statistical test reads directly (after Evidently's text descriptors: TextLength,
+    WordCount, OOVWordsPercentage, NonLetterCharacterPercentage).
+
+    chars, words (whitespace-separated), tokens (WordPiece, untruncated, no [CLS]/[SEP]), unk_share (share
+    of tokens that are [UNK]: out of the model's vocabulary, e.g. another script or emoji), non_letter_share
+    (characters that are neither letters nor whitespace, over all characters), upper_share (upper-case
+    letters over letters), digit_share (digits over all characters). A missing text is the empty string;
+    an empty denominator gives 0.
+    """
+    import pandas as pd
+
+    s = pd.Series(list(texts), dtype=object).fillna("").astype(str)
+    tok = _tokenizer(name, _UNTRUNCATED)
+    unk = tok.token_to_id("[UNK]")
+    encoded = [e.ids for e in tok.encode_batch(s.tolist(), add_special_tokens=False)]
+    tokens = np.array([len(ids) for ids in encoded], np.float64)
+    unks = np.array([sum(i == unk for i in ids) for ids in encoded], np.float64)
+    chars = s.str.len().to_numpy(np.float64)
+    letters = s.str.count(r"[^\W\d_]").to_numpy(np.float64)
+    spaces = s.str.count(r"\s").to_numpy(np.float64)
+    upper = s.map(lambda t: sum(c.isupper() for c in t)).to_numpy(np.float64)
+    digits = s.str.count(r"\d").to_numpy(np.float64)
+
+    def share(a, b):
+        return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
+
+    values = {"chars": chars, "words": s.str.split().str.len().to_numpy(np.float64), "tokens": tokens,
+              "unk_share": share(unks, tokens), "non_letter_share": share(chars - letters - spaces, chars),
+              "upper_share": share(upper, letters), "digit_share": share(digits, chars)}
+    return pd.DataFrame({f"{column}.{k}": values[k] for k in DESCRIPTORS})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -86,3 +87,40 @@ def test_column_mismatch_is_an_error(tmp_path):
 def test_import_is_lazy():
     code = "import sys, kd.drift; assert 'evidently' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_text_descriptors_by_hand():
+    from kd.text import descriptors
+
+    d = descriptors(["Hello, World 42", "hello 🦜", None, "ÉTÉ à Paris"], "review")
+    assert list(d.columns) == [f"review.{k}" for k in ("chars", "words", "tokens", "unk_share", "non_letter_share", "upper_share", "digit_share")]
+    # "Hello, World 42": 15 chars, 3 words, WordPiece hello , world 42; 10 letters (2 upper), 2 spaces, 2 digits, 1 comma
+    assert d.iloc[0].tolist() == pytest.approx([15, 3, 4, 0, 3 / 15, 2 / 10, 2 / 15])
+    # the parrot is not in the uncased vocabulary: one [UNK] of 2 tokens; 1 of 7 chars neither letter nor space
+    assert d.iloc[1].tolist() == pytest.approx([7, 2, 2, 0.5, 1 / 7, 0, 0])
+    assert d.iloc[2].tolist() == [0, 0, 0, 0, 0, 0, 0]  # missing text: the empty string, no division by zero
+    assert d.loc[3, "review.upper_share"] == pytest.approx(4 / 9)  # É T É P of 9 letters
+
+
+FOOD = Path(__file__).resolve().parents[2] / "examples" / "food" / "data.csv"
+
+
+def test_text_drift_is_read_through_descriptors(tmp_path):
+    """Real reviews: another sample of the same reviews does not drift; shouted reviews with emoji drift on
+    the character mix; reviews cut to 60 characters drift on length."""
+    food = pd.read_csv(FOOD)[["text"]]
+    ref, same = food.iloc[:600], food.iloc[600:1000]
+    res = drift_report(ref, same, tmp_path / "same.html", text_columns=["text"])
+    assert not res["dataset_drift"] and res["n_columns"] == 7 and "text.unk_share" in res["columns"]
+    shouted = same.assign(text=same["text"].str.upper() + " 🦜🦜 10/10!!!")
+    res = drift_report(ref, shouted, tmp_path / "shouted.html", text_columns=["text"])
+    assert res["dataset_drift"]
+    assert all(res["columns"][f"text.{k}"]["drifted"] for k in ("unk_share", "upper_share", "digit_share", "non_letter_share"))
+    short = same.assign(text=same["text"].str.slice(0, 60))
+    res = drift_report(ref, short, tmp_path / "short.html", text_columns=["text"])
+    assert all(res["columns"][f"text.{k}"]["drifted"] for k in ("chars", "words", "tokens"))
+
+
+def test_text_column_must_exist(tmp_path):
+    with pytest.raises(ValueError, match=r"text column\(s\) \['review'\]"):
+        drift_report(gaussian(50, 0), gaussian(50, 1), tmp_path / "x.html", text_columns=["review"])

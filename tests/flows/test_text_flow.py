@@ -1,6 +1,7 @@
 """A text configuration through the whole pipeline (validate → teacher → cache → distill → evaluate → checks →
-registry → `kd serve`): a tiny MiniLM teacher (2 of its 6 layers, the top one tuned), an embedding-bag student,
-16 tokens; the registered bundle takes raw text, and so does the served champion over HTTP, logging every row."""
+registry → `kd serve` → `kd monitor`): a tiny MiniLM teacher (2 of its 6 layers, the top one tuned), an
+embedding-bag student, 16 tokens; the registered bundle takes raw text, and so does the served champion over
+HTTP, logging every row; the monitor reads the logged text through its descriptors and sees a shouted window."""
 
 import copy
 
@@ -22,7 +23,8 @@ def test_text_config_runs_the_pipeline_and_the_bundle_reads_raw_text(tmp_path, p
     params["teacher"] = {"model": {"arch": "minilm", "layers": 2, "tune_layers": 1}, "train": {"epochs": 2, "batch_size": 32, "lr": 0.001}}
     params["student"] = {"model": {"arch": "embbag", "width": 16, "depth": 1}, "train": {"epochs": 10, "lr": 0.02}}
     params["validate"] = {"min_per_class": 10}
-    params["checks"] = {"drift": {"enabled": False}, "calibration": {"max_ece": 1.0}}
+    params["checks"] = {"calibration": {"max_ece": 1.0}}
+    params["monitor"] = {"min_rows": 50, "window_hours": 1}
     root = make_project(tmp_path / "proj", params)
     toy_reviews(200, 0, filler=4).to_csv(root / "reviews.csv", index=False)
     result = retrain(root=str(root), push_remote=False)
@@ -43,7 +45,20 @@ def test_text_config_runs_the_pipeline_and_the_bundle_reads_raw_text(tmp_path, p
         assert [p["label"] for p in r.json()["predictions"]] == labels
         bad = httpx.post(f"{server.url}/predict", json={"rows": [{"review": "great tea"}]}, timeout=30)
         assert bad.status_code == 422 and "missing column(s) ['text']" in bad.text, bad.text
+        shouted = toy_reviews(60, 11, filler=4).assign(text=lambda d: d["text"].str.upper() + " 🦜 10/10!!!")
+        r = httpx.post(f"{server.url}/predict", json={"rows": shouted[["text"]].to_dict("records")}, timeout=30)
+        assert r.status_code == 200, r.text
     finally:
         server.stop()
     logged = read_window(f"sqlite:///{root / 'inference.db'}")
-    assert len(logged) == len(rows) and list(logged["label"]) == labels and list(logged["text"]) == list(rows["text"])
+    assert len(logged) == len(rows) + 60 and list(logged["label"])[: len(rows)] == labels
+    assert list(logged["text"])[: len(rows)] == list(rows["text"])
+
+    # monitoring: the logged text against the champion's training reviews, through the text descriptors
+    from flows.monitor import monitor
+
+    result = monitor(root=str(root), hours=1, trigger=False)
+    drift = result["data_drift"]["columns"]
+    assert set(drift) == {f"text.{k}" for k in ("chars", "words", "tokens", "unk_share", "non_letter_share", "upper_share", "digit_share")}
+    assert drift["text.upper_share"]["drifted"] and drift["text.unk_share"]["drifted"]
+    assert "data_drift" in result["decision"]["breached"] and not result["decision"]["triggered"]

@@ -132,3 +132,16 @@ def test_reference_drift(shifted, unshifted, tmp_path):
     assert gate.blocks and res["schema_changed"] and names[0] in gate.detail
     p.checks.drift.reference = "off"
     assert reference_drift(ref, ref, p, tmp_path)[1].action == "skip"
+
+
+def test_reference_drift_reads_text_through_its_descriptors(tmp_path):
+    from pathlib import Path
+
+    food = pd.read_csv(Path(__file__).resolve().parents[2] / "examples" / "food" / "data.csv")[["text"]]
+    ref, cur = food.iloc[:600], food.iloc[600:1000]
+    p = params()
+    p.checks.drift.reference = "fail"
+    res, gate = reference_drift(ref, cur, p, tmp_path, ["text"])
+    assert gate.passed and "text.tokens" in res["columns"]
+    res, gate = reference_drift(ref, cur.assign(text=cur["text"].str.upper() + " 🦜 10/10!!!"), p, tmp_path, ["text"])
+    assert gate.blocks and res["columns"]["text.upper_share"]["drifted"]
