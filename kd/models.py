@@ -1,4 +1,4 @@
-"""Architectures by name (`mlp`, `cnn1d`, `cnn2d`, `resnet`; for text `minilm`, `minilm_layers`, `embbag` in
+"""Architectures by name (`mlp`, `cnn1d`, `cnn2d`, `resnet`; for text `minilm`, `minilm_layers`, `embbag`, `textcnn` in
 `kd.transformer`) or a user factory `package.module:factory`.
 
 Every model takes flat inputs `(batch, n_features)` (float; int64 token ids for text models, which say so

@@ -1,5 +1,5 @@
 """Text models on token ids (N, L) int64, padded with 0: a compact BERT encoder that loads the pretrained
-MiniLM weights, and a tiny embedding-bag model.
+MiniLM weights, and two tiny models (an embedding bag, a CNN).
 
 - `minilm`: the pretrained encoder (all-MiniLM-L6-v2, 6 layers, hidden 384) + mean pooling over the
   tokens + a linear head; `layers` keeps the bottom N layers (0: all), `tune_layers` trains only the top
@@ -9,6 +9,8 @@ MiniLM weights, and a tiny embedding-bag model.
   teacher itself (`init_from_teacher`: embeddings, layers 0, 2, 4, head).
 - `embbag`: a token-embedding bag (mean over non-pad tokens, Joulin et al. 2017's fastText without
   n-grams) + `depth` ReLU layers of `width` + a linear head.
+- `textcnn`: Kim (2014)'s CNN for sentence classification: token embeddings, `width` filters of each of
+  widths 3, 4 and 5, ReLU, max over the non-pad positions, a linear head.
 
 Why not transformers' BertModel: the same weights run here in about 60 lines of plain torch whose graph
 exports to ONNX and quantizes cleanly, import in milliseconds, never touch the network, and expose the
@@ -194,9 +196,44 @@ def embbag(input_shape, n_classes: int, width: int = 64, depth: int = 1, dropout
     return EmbeddingBag(bert_config()["vocab_size"], width, depth, n_classes, dropout)
 
 
+class ConvEncoder(nn.Module):
+    """Token embeddings, one 1-d convolution per kernel width (same length, zero padding), ReLU, and the
+    maximum over the non-pad positions. Pad tokens embed to zero (padding_idx) like the convolution's own
+    padding, so a review gives the same features whatever padding follows it."""
+
+    def __init__(self, vocab: int, width: int, kernels: tuple[int, ...]):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width, padding_idx=PAD_ID)
+        self.convs = nn.ModuleList(nn.Conv1d(width, width, k, padding=k // 2) for k in kernels)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        e = self.embed(ids).transpose(1, 2)  # (N, width, L)
+        real = (ids != PAD_ID).unsqueeze(1).to(e.dtype)
+        # ReLU outputs are >= 0, so zeroing the pad positions leaves the maximum over the real ones
+        return torch.cat([(torch.relu(conv(e)[..., : ids.shape[1]]) * real).amax(2) for conv in self.convs], 1)
+
+
+class TextCNN(nn.Module):
+    input_dtype = torch.int64
+
+    def __init__(self, vocab: int, width: int, n_classes: int, dropout: float, kernels: tuple[int, ...] = (3, 4, 5)):
+        super().__init__()
+        self.features = ConvEncoder(vocab, width, kernels)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(width * len(kernels), n_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(self.features(ids)))
+
+
+def textcnn(input_shape, n_classes: int, width: int = 64, dropout: float = 0.0, **_) -> nn.Module:
+    """A tiny convolutional text model (Kim 2014) over the tokenizer's vocabulary."""
+    return TextCNN(bert_config()["vocab_size"], width, n_classes, dropout)
+
+
 def _check_length(input_shape, cfg: dict) -> None:
     if len(input_shape) != 1 or input_shape[0] > cfg["max_position_embeddings"]:
         raise ValueError(f"a transformer reads token ids (max_length,) up to {cfg['max_position_embeddings']}; this data set's input shape is {tuple(input_shape)}")
 
 
-TEXT_ARCHITECTURES = {"minilm": minilm, "minilm_layers": minilm_layers, "embbag": embbag}
+TEXT_ARCHITECTURES = {"minilm": minilm, "minilm_layers": minilm_layers, "embbag": embbag, "textcnn": textcnn}

@@ -9,14 +9,14 @@ from pydantic import Field, field_validator, model_validator
 
 from kd.config.base import Section
 
-TEXT_ARCHS = ("minilm", "minilm_layers", "embbag")  # read token ids (kd.transformer)
+TEXT_ARCHS = ("minilm", "minilm_layers", "embbag", "textcnn")  # read token ids (kd.transformer)
 
 
 class ModelSpec(Section):
     """An architecture by registry name, or a user factory `package.module:factory`."""
 
     arch: str = "mlp"
-    """mlp | cnn1d | cnn2d | resnet | minilm | minilm_layers | embbag (text) | package.module:factory"""
+    """mlp | cnn1d | cnn2d | resnet | minilm | minilm_layers | embbag | textcnn (text) | package.module:factory"""
     width: int = Field(64, ge=1)
     """hidden units (mlp) or channels (cnn, resnet)"""
     depth: int = Field(2, ge=1)
