@@ -14,6 +14,7 @@ import numpy as np
 import yaml
 
 from kd.config import RESOLVED, Params, PathsParams, resolved_yaml
+from kd.config.data import FILE_SOURCES
 
 
 def _path(root: Path, rel: str) -> Path:
@@ -43,7 +44,7 @@ def input_hashes(root: Path, p: Params) -> dict[str, str]:
     out = {}
     for key, spec in named.items():
         kind, sep, rel = spec.partition(":")
-        rel = rel if sep and kind in ("csv", "parquet", "npz") else (spec if key == "teacher" else "")
+        rel = rel if sep and kind in FILE_SOURCES else (spec if key == "teacher" else "")
         out[key] = _md5(Path(root) / rel) if rel else ""
     return out
 

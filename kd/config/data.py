@@ -30,6 +30,9 @@ class SyntheticParams(Section):
     """share of group-b labels flipped to class 0 (an unfair source)"""
 
 
+FILE_SOURCES = ("csv", "parquet", "npz", "text")  # source kinds that name a file: KIND:PATH
+
+
 class DataParams(Section):
     source: str = Field("sklearn:digits", description="sklearn:digits | csv:PATH | parquet:PATH | npz:PATH | text:PATH (a .csv or .parquet with a text column) | synthetic")
     label_column: str = "label"
@@ -66,7 +69,7 @@ class DataParams(Section):
     @classmethod
     def _known_source(cls, v: str) -> str:
         kinds = ("sklearn:digits", "synthetic")
-        if v in kinds or v.split(":", 1)[0] in ("csv", "parquet", "npz", "text") and ":" in v and v.split(":", 1)[1]:
+        if v in kinds or v.split(":", 1)[0] in FILE_SOURCES and ":" in v and v.split(":", 1)[1]:
             if v.startswith("text:") and not v.lower().endswith((".csv", ".csv.gz", ".parquet", ".pq")):
                 raise ValueError(f"text source {v!r}: expected text:PATH to a .csv or .parquet file")
             return v

@@ -4,6 +4,7 @@ re-runs the stages it can affect; and the layout it templates is the one kd writ
 import ast
 from pathlib import Path
 
+import pytest
 import yaml
 
 from kd.config import PathsParams
@@ -128,3 +129,26 @@ def test_config_stage_depends_on_the_defaults_and_the_user_file():
     for name, stage in _dvc()["stages"].items():
         if name != "config":
             assert all(isinstance(p, dict) and list(p) == ["params.resolved.yaml"] for p in stage["params"]), name
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet", "text"])
+def test_an_edited_source_file_changes_the_resolved_params(tmp_path, kind):
+    """The config stage writes each named input file's md5 into params.resolved.yaml, the file every stage's
+    DVC params come from: editing the data in place must re-run the pipeline, whatever the source kind."""
+    import pandas as pd
+
+    from kd.config import RESOLVED, parse_params
+    from kd.stages import config
+
+    name = "reviews.parquet" if kind == "parquet" else "reviews.csv"
+    frame = pd.DataFrame({"text": ["good tea", "stale bread"] * 20, "label": ["great", "other"] * 20})
+    write = (lambda f: f.to_parquet(tmp_path / name)) if kind == "parquet" else (lambda f: f.to_csv(tmp_path / name, index=False))
+    write(frame)
+    data = {"source": f"{kind}:{name}"} | ({} if kind == "text" else {"feature_columns": [], "categorical_columns": ["text"]})
+    p = parse_params({"data": data} | ({"teacher": {"model": {"arch": "minilm"}}, "student": {"model": {"arch": "embbag"}}} if kind == "text" else {}))
+    assert config(tmp_path, p)["changed"]
+    before = yaml.safe_load((tmp_path / RESOLVED).read_text())["inputs"]["source"]
+    assert len(before) == 32 and not config(tmp_path, p)["changed"]  # an md5; unchanged file, unchanged params
+    write(frame.assign(text=frame["text"].str.upper()))
+    assert config(tmp_path, p)["changed"]
+    assert yaml.safe_load((tmp_path / RESOLVED).read_text())["inputs"]["source"] != before
