@@ -8,11 +8,14 @@ only orders them, retries transient failures, and reports (logs, a markdown arti
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import time
 from pathlib import Path
+
+import yaml
 
 for _var, _val in {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                    "GX_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}.items():
@@ -47,6 +50,14 @@ def _transient(_task, _run, state) -> bool:
     return False
 
 
+def _recorded_config(root: Path) -> str | None:
+    """The md5 of the resolved params that dvc.lock holds from the last completed config stage: the file itself
+    may already be newer (`kd run` resolves it before deciding whether there is anything to do)."""
+    lock = root / "dvc.lock"
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.exists() else {}
+    return next((o.get("md5") for o in stages.get("config", {}).get("outs", []) if o.get("path") == RESOLVED), None)
+
+
 @task(retries=2, retry_delay_seconds=3, retry_condition_fn=_transient)
 def reproduce(root: str, stage: str, force: bool = False) -> dict:
     """`dvc repro --single-item <stage>`: runs `kd stage <stage>` only if its deps, params or outs changed."""
@@ -57,7 +68,7 @@ def reproduce(root: str, stage: str, force: bool = False) -> dict:
     logging.getLogger("dvc").setLevel(logging.WARNING)  # DVC's 'git add dvc.lock' hints are noise here
     t0 = time.perf_counter()
     resolved = Path(root) / RESOLVED
-    before = resolved.read_bytes() if resolved.exists() else None
+    before = _recorded_config(Path(root))
     with contextlib.chdir(root), Repo(root) as repo:  # DVC resolves targets from the cwd
         changed = force or bool(repo.status(targets=[stage]))
         if changed:
@@ -74,7 +85,7 @@ def reproduce(root: str, stage: str, force: bool = False) -> dict:
         else:
             log.info("stage %s is up to date: skipped", stage)
     if stage == "config":  # it runs every time (input hashes); it changed something only if its file did
-        changed = force or resolved.read_bytes() != before
+        changed = force or hashlib.md5(resolved.read_bytes()).hexdigest() != before
     seconds = round(time.perf_counter() - t0, 2)
     log.info("kd: %-14s %s (%.1f s)", stage, "ran" if changed else "up to date", seconds)
     return {"stage": stage, "ran": changed, "seconds": seconds}
