@@ -46,7 +46,7 @@ def _subsample(df: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
 
 
 def _describe_text(frame: pd.DataFrame, text_columns: list[str]) -> pd.DataFrame:
-    """`frame` with each text column replaced, in place, by its numeric descriptors."""
+    """`frame` with each text column replaced, at its position, by its numeric descriptors."""
     from kd.text import descriptors
 
     missing = [c for c in text_columns if c not in frame.columns]
