@@ -186,11 +186,15 @@ def test_evaluate_streams_the_split_and_matches_one_batch(project, monkeypatch):
     streamed, streamed_preds = _outputs(root, p)
     assert streamed.keys() == whole.keys() and "student_edge" in streamed
     for k in whole:  # int8: onnxruntime's dynamic quantization scales activations per call, so batch-dependent
-        tol = {"rel": 0.05, "abs": 0.02} if k in ("student_onnx_int8", "student_edge") else {"rel": 1e-9, "abs": 1e-12}
+        int8 = k in ("student_onnx_int8", "student_edge")
+        # float32 kernels may block 8 rows differently from the whole split: logits agree to float32 rounding
+        # (checked below), so the metrics computed from them do, and the answers are identical
+        tol = {"rel": 0.05, "abs": 0.02} if int8 else {"rel": 1e-6, "abs": 1e-9}
         assert streamed[k] == pytest.approx(whole[k], **tol), k
+        assert int8 or not isinstance(whole[k], dict) or streamed[k].get("accuracy") == whole[k].get("accuracy"), k
     assert sorted(whole_preds) == ["scratch_test", "student_test", "student_test_logits", "student_val_logits", "teacher_test"]
     for k in whole_preds:
-        np.testing.assert_allclose(streamed_preds[k], whole_preds[k], rtol=1e-6)
+        np.testing.assert_allclose(streamed_preds[k], whole_preds[k], rtol=1e-5, atol=1e-6)  # float32 rounding; a wrong row is O(1)
     y = data.load(root / p.paths.prepared).y["test"]
     assert streamed["student"]["accuracy"] == pytest.approx((whole_preds["student_test"].argmax(1) == y).mean())
     result = stages.run("checks", root, p)  # reads the predictions from their memory-mapped files
