@@ -8,7 +8,7 @@ Same recipe as `examples/mnist1d/params.yaml` resolved (every number below is th
   targets   the teacher's log-softmax on the training rows, rounded to float16 (kd's cache dtype)
   student   mlp (Linear + ReLU) x depth, Linear; KD (Hinton et al. 2015): alpha T^2 KL(p_t^T || p_s^T) + (1 - alpha) CE
   scratch   the student's network on hard labels, same steps
-  training  AdamW, cosine decay per step to zero, batch 64, seeded permutation per epoch, validation accuracy
+  training  AdamW, cosine decay per step to zero, batch 100, seeded permutation per epoch, validation accuracy
             each epoch, the best epoch's weights kept, deterministic algorithms, 1 thread
 
     python benchmarks/plain_pytorch.py --seed 0 --out result.json
@@ -32,8 +32,8 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = {
     "csv": "examples/mnist1d/data.csv", "test_fraction": 0.2, "val_fraction": 0.1,
-    "teacher": {"width": 32, "depth": 3, "epochs": 30}, "student": {"width": 64, "depth": 2, "epochs": 100},
-    "batch_size": 64, "lr": 3e-3, "weight_decay": 1e-4, "temperature": 4.0, "alpha": 0.9,
+    "teacher": {"width": 32, "depth": 3, "epochs": 229}, "student": {"width": 64, "depth": 2, "epochs": 229},
+    "batch_size": 100, "lr": 3e-3, "weight_decay": 1e-4, "temperature": 4.0, "alpha": 0.9,
 }
 
 
