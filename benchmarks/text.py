@@ -57,6 +57,12 @@ def add_args(ap) -> None:
     ap.add_argument("--layers-seeds", type=int, default=1, help="seeds of minilm_layers, each also trained on hard labels (scratch)")
 
 
+def spread(acc: dict[str, list[float]]) -> dict:
+    """Per-seed test accuracies of the distilled student and its scratch baseline, with their mean and std."""
+    return {f"{k}_test_accuracy": acc[k] for k in ("student", "scratch")} | {
+        f"{k}_{stat}": float(fn(acc[k])) for k in ("student", "scratch") for stat, fn in (("mean", np.mean), ("std", np.std))}
+
+
 def p50(fn, rows: list, runs: int) -> float:
     for r in rows[:5]:
         fn(r)
@@ -255,11 +261,8 @@ def main() -> None:
                 if kind == "student" and arch not in tiny_models:
                     tiny_models[arch] = m.eval()
             print(f"{arch} seed {seed}: student {acc['student'][-1]:.4f} scratch {acc['scratch'][-1]:.4f} ({time.time() - t0:.0f} s)", flush=True)
-        tiny[arch] = {"student_test_accuracy": acc["student"], "scratch_test_accuracy": acc["scratch"],
-                      "student_mean": float(np.mean(acc["student"])), "student_std": float(np.std(acc["student"])),
-                      "scratch_mean": float(np.mean(acc["scratch"])), "scratch_std": float(np.std(acc["scratch"])),
-                      "spec": spec.model_dump(), "train": tp.model_dump(), "kd": {"temperature": 2.0, "alpha": 0.5},
-                      "seconds": round(time.time() - t0, 1)}
+        tiny[arch] = spread(acc) | {"spec": spec.model_dump(), "train": tp.model_dump(), "kd": {"temperature": 2.0, "alpha": 0.5},
+                                    "seconds": round(time.time() - t0, 1)}
 
     # ---------------------------------------------------------------- minilm_layers: DistilBERT init, kd + cos, vs scratch
     # The student starts from the trained teacher's embeddings, layers 0, 2, 4 and head (init_from_teacher);
@@ -268,6 +271,11 @@ def main() -> None:
     loss_kc = build_loss(DistillParams(losses={"kd": 1.0, "cos": 1.0}, temperature=2.0, alpha=0.5), ((L, 384), (L, 384)))
     tp_small = TrainParams(epochs=1 if args.quick else args.layers_epochs, batch_size=32, lr=1e-4, weight_decay=1e-2)
     layers = {"student": [], "scratch": []}
+
+    def kc_batches(idx, _epoch):
+        return {"x": torch.from_numpy(x["train"][idx]), "y": torch.from_numpy(y["train"][idx]), "t": torch.from_numpy(t_logp_np[idx]),
+                "h": hidden["train"][torch.from_numpy(idx)].float()}
+
     small, small_res = None, None
     for seed in range(args.layers_seeds):
         for kind in ("student", "scratch"):
@@ -276,10 +284,6 @@ def main() -> None:
             if kind == "student":
                 m.init_from_teacher(teacher)
                 tap = FeatureTap(m, ["features"])
-
-                def kc_batches(idx, _epoch):
-                    return {"x": torch.from_numpy(x["train"][idx]), "y": torch.from_numpy(y["train"][idx]), "t": torch.from_numpy(t_logp_np[idx]),
-                            "h": hidden["train"][torch.from_numpy(idx)].float()}
 
                 def kc_fn(model, b, tap=tap):
                     ctx = {"student_logits": model(b["x"]), "teacher_logp": b["t"], "y": b["y"]}
@@ -296,10 +300,7 @@ def main() -> None:
         print(f"minilm_layers seed {seed}: student {layers['student'][-1]:.4f} scratch {layers['scratch'][-1]:.4f} ({time.time() - t0:.0f} s)", flush=True)
     small_acc = layers["student"][0]
     out["minilm_layers"] = {"epochs": tp_small.epochs, "val_accuracy": small_res.best_val_accuracy, "test_accuracy": small_acc,
-                            "student_test_accuracy": layers["student"], "scratch_test_accuracy": layers["scratch"],
-                            "student_mean": float(np.mean(layers["student"])), "student_std": float(np.std(layers["student"])),
-                            "scratch_mean": float(np.mean(layers["scratch"])), "scratch_std": float(np.std(layers["scratch"])),
-                            "losses": {"kd": 1.0, "cos": 1.0}, "history": small_res.history, "seconds": round(time.time() - t0, 1),
+                            **spread(layers), "losses": {"kd": 1.0, "cos": 1.0}, "history": small_res.history, "seconds": round(time.time() - t0, 1),
                             "params": models.param_count(small), "size_bytes": models.serialized_bytes(small)}
 
     # ---------------------------------------------------------------- ONNX int8 and latency, side by side

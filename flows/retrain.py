@@ -15,8 +15,6 @@ import os
 import time
 from pathlib import Path
 
-import yaml
-
 for _var, _val in {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                    "GX_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}.items():
     os.environ.setdefault(_var, _val)
@@ -25,6 +23,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from kd.config import RESOLVED, load_params
+from kd.lineage import dvc_hashes
 from kd.stages import STAGES, error_file
 
 
@@ -50,14 +49,6 @@ def _transient(_task, _run, state) -> bool:
     return False
 
 
-def _recorded_config(root: Path) -> str | None:
-    """The md5 of the resolved params that dvc.lock holds from the last completed config stage: the file itself
-    may already be newer (`kd run` resolves it before deciding whether there is anything to do)."""
-    lock = root / "dvc.lock"
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.exists() else {}
-    return next((o.get("md5") for o in stages.get("config", {}).get("outs", []) if o.get("path") == RESOLVED), None)
-
-
 @task(retries=2, retry_delay_seconds=3, retry_condition_fn=_transient)
 def reproduce(root: str, stage: str, force: bool = False) -> dict:
     """`dvc repro --single-item <stage>`: runs `kd stage <stage>` only if its deps, params or outs changed."""
@@ -68,7 +59,9 @@ def reproduce(root: str, stage: str, force: bool = False) -> dict:
     logging.getLogger("dvc").setLevel(logging.WARNING)  # DVC's 'git add dvc.lock' hints are noise here
     t0 = time.perf_counter()
     resolved = Path(root) / RESOLVED
-    before = _recorded_config(Path(root))
+    # compared with the md5 dvc.lock holds from the last completed config stage, not with the file: it may already
+    # be newer (`kd run` resolves it before deciding whether there is anything to do)
+    before = dvc_hashes(Path(root)).get(RESOLVED)
     with contextlib.chdir(root), Repo(root) as repo:  # DVC resolves targets from the cwd
         changed = force or bool(repo.status(targets=[stage]))
         if changed:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from toy_text import food_reviews, shout
 
 from kd.drift import drift_gate, drift_report
 
@@ -102,17 +102,14 @@ def test_text_descriptors_by_hand():
     assert d.loc[3, "review.upper_share"] == pytest.approx(4 / 9)  # É T É P of 9 letters
 
 
-FOOD = Path(__file__).resolve().parents[2] / "examples" / "food" / "data.csv"
-
-
 def test_text_drift_is_read_through_descriptors(tmp_path):
     """Real reviews: another sample of the same reviews does not drift; shouted reviews with emoji drift on
     the character mix; reviews cut to 60 characters drift on length."""
-    food = pd.read_csv(FOOD)[["text"]]
+    food = food_reviews()
     ref, same = food.iloc[:600], food.iloc[600:1000]
     res = drift_report(ref, same, tmp_path / "same.html", text_columns=["text"])
     assert not res["dataset_drift"] and res["n_columns"] == 7 and "text.unk_share" in res["columns"]
-    shouted = same.assign(text=same["text"].str.upper() + " 🦜🦜 10/10!!!")
+    shouted = same.assign(text=shout(same["text"]))
     res = drift_report(ref, shouted, tmp_path / "shouted.html", text_columns=["text"])
     assert res["dataset_drift"]
     assert all(res["columns"][f"text.{k}"]["drifted"] for k in ("unk_share", "upper_share", "digit_share", "non_letter_share"))

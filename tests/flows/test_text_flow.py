@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from kd_serve import Server, env
 from kdproject import TINY, make_project
-from toy_text import toy_reviews
+from toy_text import shout, toy_reviews
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
@@ -49,7 +49,7 @@ def test_text_config_runs_the_pipeline_and_the_bundle_reads_raw_text(tmp_path, p
         bad = httpx.post(f"{server.url}/predict", json={"rows": [{"review": "great tea"}]}, timeout=30)
         assert bad.status_code == 422 and "missing column(s) ['text']" in bad.text, bad.text
         # a drifted window through `kd replay` (a real process): the same reviews shouted, with emoji, labels fed back
-        toy_reviews(60, 11, filler=4).assign(text=lambda d: d["text"].str.upper() + " 🦜 10/10!!!").to_csv(root / "shouted.csv", index=False)
+        toy_reviews(60, 11, filler=4).assign(text=lambda d: shout(d["text"])).to_csv(root / "shouted.csv", index=False)
         out = subprocess.run([sys.executable, "-m", "kd.cli", "replay", str(root / "shouted.csv"), "--root", str(root), "--url", server.url,
                               "--count", "60", "--batch", "10", "--feedback", "1", "--feedback-delay", "0", "--json"],
                              env=env(), capture_output=True, text=True, timeout=300)

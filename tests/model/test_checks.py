@@ -135,13 +135,13 @@ def test_reference_drift(shifted, unshifted, tmp_path):
 
 
 def test_reference_drift_reads_text_through_its_descriptors(tmp_path):
-    from pathlib import Path
+    from toy_text import food_reviews, shout
 
-    food = pd.read_csv(Path(__file__).resolve().parents[2] / "examples" / "food" / "data.csv")[["text"]]
+    food = food_reviews()
     ref, cur = food.iloc[:600], food.iloc[600:1000]
     p = params()
     p.checks.drift.reference = "fail"
     res, gate = reference_drift(ref, cur, p, tmp_path, ["text"])
     assert gate.passed and "text.tokens" in res["columns"]
-    res, gate = reference_drift(ref, cur.assign(text=cur["text"].str.upper() + " 🦜 10/10!!!"), p, tmp_path, ["text"])
+    res, gate = reference_drift(ref, cur.assign(text=shout(cur["text"])), p, tmp_path, ["text"])
     assert gate.blocks and res["columns"]["text.upper_share"]["drifted"]
